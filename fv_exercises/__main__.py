@@ -1,0 +1,71 @@
+"""Command line: ``python -m fv_exercises <command>`` (also installed as ``fv``).
+
+- ``run [--task antonym]``: the main job. Reproduces the course's headline results on the
+  embedded model and prints them as a table.
+- ``convert [--force]``: convert the embedded model into the cache (normally automatic).
+- ``table``: the per-task ICL / zero-shot accuracy table (docs/task_accuracy.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+def _run(args: argparse.Namespace) -> int:
+    from fv_exercises import load_model
+    from fv_exercises.results import headline_results, print_table
+
+    start = time.time()
+    model = load_model(args.model)
+    rows = headline_results(model, args.task, out_dir=args.out, progress=not args.quiet)
+    print_table(rows, title=f"Function vectors on {args.model or 'SmolLM2-135M-Instruct'}, task "
+                f"{args.task!r} ({time.time() - start:.0f} s)")
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from fv_exercises.model import convert_embedded
+
+    start = time.time()
+    path = convert_embedded(force=args.force)
+    print(f"embedded model ready at {path} ({time.time() - start:.1f} s)")
+    return 0
+
+
+def _table(args: argparse.Namespace) -> int:
+    from fv_exercises.results import write_accuracy_table
+
+    print(write_accuracy_table(args.output))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fv_exercises", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="reproduce the headline results for one task")
+    run.add_argument("--task", default="antonym")
+    run.add_argument("--model", default=None, help="Hugging Face name (default: embedded model)")
+    run.add_argument("--out", default="fv_results", help="folder for figures")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.set_defaults(func=_run)
+    convert = sub.add_parser("convert", help="convert the embedded GGUF into the model cache")
+    convert.add_argument("--force", action="store_true", help="convert again even if cached")
+    convert.set_defaults(func=_convert)
+    table = sub.add_parser("table", help="write the per-task accuracy table")
+    table.add_argument("--output", default="docs/task_accuracy.md")
+    table.set_defaults(func=_table)
+    args = parser.parse_args(argv)
+    from fv_exercises.model import ModelLoadError
+
+    try:
+        return args.func(args)
+    except ModelLoadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,147 @@
+"""Batched forward passes, last-position interventions and first-token scoring.
+
+Prompts of different lengths are batched with **right** padding. For a causal model that is
+exact without an attention mask: a real token never attends to the padding after it. Each
+prompt's own last position (``last_pos[b]``) is where we read logits and where we intervene.
+All functions run under ``torch.no_grad()``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+DEFAULT_BATCH = 16
+
+
+def resid_post_name(layer: int) -> str:
+    """TransformerLens hook name of the residual stream after block ``layer``."""
+    return f"blocks.{layer}.hook_resid_post"
+
+
+def answer_token_ids(model, answers: Sequence[str]) -> Tensor:
+    """First token of ``" " + answer`` for each answer: LongTensor ``[n]``.
+
+    The leading space matters: after ``"A:"`` the model continues with ``" cold"``, not ``"cold"``.
+    """
+    ids = [model.tokenizer.encode(" " + a, add_special_tokens=False)[0] for a in answers]
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def tokenize_right_padded(model, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
+    """Tokens ``[b, seq]`` (right-padded; BOS as ``model.cfg.default_prepend_bos`` says) and each prompt's last index ``[b]``."""
+    rows = [model.to_tokens(p)[0] for p in prompts]
+    last = torch.tensor([len(r) - 1 for r in rows], dtype=torch.long)
+    pad = model.tokenizer.pad_token_id or 0
+    tokens = torch.full((len(rows), int(last.max()) + 1), pad, dtype=torch.long)
+    for i, r in enumerate(rows):
+        tokens[i, : len(r)] = r
+    return tokens, last
+
+
+def add_at_positions_hook(vector: Tensor, positions: Tensor) -> Callable:
+    """Hook adding ``vector`` (``[d_model]`` or ``[b, d_model]``) to ``resid[b, positions[b]]``.
+
+    Returns a new tensor instead of editing the activation in place.
+    """
+
+    def hook(resid: Tensor, hook=None) -> Tensor:
+        resid = resid.clone()
+        rows = torch.arange(resid.shape[0])
+        resid[rows, positions] += vector.to(resid.dtype)
+        return resid
+
+    return hook
+
+
+def last_position_logits(
+    model,
+    prompts: Sequence[str],
+    add: Mapping[int, Tensor] | None = None,
+    batch_size: int = DEFAULT_BATCH,
+) -> Tensor:
+    """Logits at each prompt's last position: ``[n, d_vocab]``.
+
+    Args:
+        add: optional ``{layer: vector}``; each ``vector`` (``[d_model]``) is added to
+            ``blocks.{layer}.hook_resid_post`` at the last position of every prompt.
+    """
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(prompts), batch_size):
+            tokens, last = tokenize_right_padded(model, prompts[start : start + batch_size])
+            hooks = [
+                (resid_post_name(layer), add_at_positions_hook(vec, last))
+                for layer, vec in (add or {}).items()
+            ]
+            logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
+            out.append(logits[torch.arange(len(last)), last])
+    return torch.cat(out)
+
+
+def top1_accuracy(
+    model,
+    prompts: Sequence[str],
+    answers: Sequence[str],
+    add: Mapping[int, Tensor] | None = None,
+) -> float:
+    """Fraction of prompts whose top-1 next token is the answer's first token."""
+    logits = last_position_logits(model, prompts, add=add)
+    return (logits.argmax(-1) == answer_token_ids(model, answers)).float().mean().item()
+
+
+def answer_probs(
+    model,
+    prompts: Sequence[str],
+    answers: Sequence[str],
+    add: Mapping[int, Tensor] | None = None,
+) -> Tensor:
+    """Probability of each answer's first token at the last position: ``[n]``."""
+    logits = last_position_logits(model, prompts, add=add)
+    probs = logits.softmax(-1)
+    return probs[torch.arange(len(answers)), answer_token_ids(model, answers)]
+
+
+def last_position_resid_post(
+    model, prompts: Sequence[str], batch_size: int = DEFAULT_BATCH
+) -> Tensor:
+    """``resid_post`` of every layer at each prompt's last position: ``[n, n_layers, d_model]``."""
+    names = {resid_post_name(layer) for layer in range(model.cfg.n_layers)}
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(prompts), batch_size):
+            tokens, last = tokenize_right_padded(model, prompts[start : start + batch_size])
+            _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
+            stacked = torch.stack(
+                [cache[resid_post_name(layer)] for layer in range(model.cfg.n_layers)], dim=1
+            )  # [b, n_layers, seq, d_model]
+            out.append(stacked[torch.arange(len(last)), :, last])
+    return torch.cat(out)
+
+
+def mean_resid_post(model, prompts: Sequence[str]) -> Tensor:
+    """Mean over prompts of the last-position ``resid_post``: ``[n_layers, d_model]``."""
+    return last_position_resid_post(model, prompts).mean(0)
+
+
+def layer_sweep(
+    model,
+    vectors: Tensor,
+    prompts: Sequence[str],
+    answers: Sequence[str],
+    progress: bool = False,
+) -> Tensor:
+    """Top-1 accuracy when ``vectors[l]`` is added at layer ``l``'s last position: ``[n_layers]``.
+
+    Args:
+        vectors: ``[n_layers, d_model]``, one vector per layer (e.g. ``mean_resid_post`` output).
+    """
+    from tqdm.auto import tqdm
+
+    layers = range(vectors.shape[0])
+    return torch.tensor([
+        top1_accuracy(model, prompts, answers, add={layer: vectors[layer]})
+        for layer in tqdm(layers, desc="layer sweep", disable=not progress)
+    ])

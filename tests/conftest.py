@@ -1,0 +1,24 @@
+"""Shared fixtures: one embedded model per test session."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def model():
+    """The embedded SmolLM2-135M-Instruct bridge, loaded once (converted on first use)."""
+    from fv_exercises import load_model
+
+    return load_model()
+
+
+@pytest.fixture(autouse=True)
+def _no_hooks_left(request):
+    """Every test leaves the shared model without hooks (a leaked hook poisons later tests)."""
+    yield
+    if "model" in request.fixturenames:
+        m = request.getfixturevalue("model")
+        leaked = [name for name, hp in m.hook_dict.items() if hp._forward_hooks]
+        m.reset_hooks()
+        assert not leaked, f"hooks left registered on the shared model: {leaked[:5]}"

@@ -1,0 +1,46 @@
+"""Notebook 01's checks: the reference passes, each plausible mistake fails with its message."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from fv_exercises.checks import CheckFailure, check_find_task_vector, check_mean_task_vector
+from fv_exercises.reference.task_vectors import find_task_vector, mean_task_vector
+
+from wrong_01 import FIND_TASK_VECTOR, MEAN_TASK_VECTOR
+
+
+def test_reference_find_task_vector_passes(model, capsys):
+    check_find_task_vector(find_task_vector, model)
+    check_find_task_vector(find_task_vector, model, hidden=True)
+    assert "matches the reference" in capsys.readouterr().out
+
+
+def test_reference_mean_task_vector_passes(model, capsys):
+    check_mean_task_vector(mean_task_vector, model)
+    check_mean_task_vector(mean_task_vector, model, hidden=True)
+    assert "matches the reference" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("wrong", list(FIND_TASK_VECTOR), ids=lambda f: f.__name__)
+def test_find_task_vector_mistake_is_named(model, wrong):
+    with pytest.raises(CheckFailure, match=re.escape(FIND_TASK_VECTOR[wrong])):
+        check_find_task_vector(wrong, model)
+    assert not any(hp._forward_hooks for hp in model.hook_dict.values()), "check left hooks behind"
+
+
+@pytest.mark.parametrize("wrong", list(MEAN_TASK_VECTOR), ids=lambda f: f.__name__)
+def test_mean_task_vector_mistake_is_named(model, wrong):
+    with pytest.raises(CheckFailure, match=re.escape(MEAN_TASK_VECTOR[wrong])):
+        check_mean_task_vector(wrong, model)
+
+
+def test_check_recovers_from_leaked_hook(model):
+    """After a learner's leaked hook, the next check of a correct function still passes."""
+    from wrong_01 import ftv_leaks_hook
+
+    with pytest.raises(CheckFailure):
+        check_find_task_vector(ftv_leaks_hook, model)
+    check_find_task_vector(find_task_vector, model)

@@ -1,0 +1,118 @@
+"""nbgrader round trip, nbgrader's own way: generate, submit, autograde, read the gradebook.
+
+For every assignment, three students submit:
+
+- ``reference``: the release notebook with every solution region filled from the source,
+- ``untouched``: the release notebook as distributed (stubs raise NotImplementedError),
+- ``bug``: the reference with one planted, plausible bug in one graded function.
+
+The reference must score full marks (this also proves no grade cell writes to stderr, which
+nbgrader scores zero), the untouched release zero on every graded cell, and the bug loses exactly
+the points of the cell that tests the broken function.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from fv_exercises.course import ROOT, assignments, tool_env
+
+pytestmark = pytest.mark.notebook
+
+# assignment -> (solution cell id, text to replace, replacement, grade cell id that must fail)
+PLANTED_BUGS = {
+    "01_task_vectors": ("mean_task_vector", "torch.stack(states).mean(0)",
+                        "torch.stack(states).sum(0)", "test_mean_task_vector"),
+}
+_MARKER = re.compile(r"^\s*### (BEGIN|END) SOLUTION\s*$")
+
+
+def _fill_solutions(release: nbformat.NotebookNode, source: nbformat.NotebookNode):
+    """The release notebook with each solution cell replaced by the source's reference code."""
+    solutions = {c.metadata["nbgrader"]["grade_id"]: c.source for c in source.cells
+                 if c.metadata.get("nbgrader", {}).get("solution")}
+    filled = nbformat.from_dict(release)
+    for cell in filled.cells:
+        grade_id = cell.metadata.get("nbgrader", {}).get("grade_id")
+        if cell.metadata.get("nbgrader", {}).get("solution") and grade_id in solutions:
+            cell.source = "\n".join(l for l in solutions[grade_id].splitlines() if not _MARKER.match(l))
+    return filled
+
+
+def _plant(nb: nbformat.NotebookNode, cell_id: str, old: str, new: str):
+    nb = nbformat.from_dict(nb)
+    cell = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == cell_id)
+    assert old in cell.source, f"planted bug target {old!r} not in cell {cell_id}"
+    cell.source = cell.source.replace(old, new)
+    return nb
+
+
+def _nbgrader(root: Path, *args: str) -> None:
+    subprocess.run([sys.executable, "-m", "nbgrader", *args, f"--CourseDirectory.root={root}",
+                    "--log-level=WARN"], check=True, cwd=root, env=tool_env(),
+                   capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module", params=assignments())
+def graded(request, tmp_path_factory):
+    """Autograde the three submissions of one assignment; return (assignment, gradebook path)."""
+    name = request.param
+    root = tmp_path_factory.mktemp(f"course-{name}")
+    shutil.copy(ROOT / "nbgrader_config.py", root)
+    shutil.copytree(ROOT / "solutions" / name, root / "solutions" / name)
+    _nbgrader(root, "generate_assignment", name, "--force")
+    release = nbformat.read(root / "notebooks" / name / f"{name}.ipynb", as_version=4)
+    committed = nbformat.read(ROOT / "notebooks" / name / f"{name}.ipynb", as_version=4)
+    assert [c.source for c in release.cells] == [c.source for c in committed.cells], (
+        "notebooks/ is stale: run `python -m fv_exercises.course build`")
+    source = nbformat.read(root / "solutions" / name / f"{name}.ipynb", as_version=4)
+    reference = _fill_solutions(release, source)
+    submissions = {"reference": reference, "untouched": release}
+    if name in PLANTED_BUGS:
+        submissions["bug"] = _plant(reference, *PLANTED_BUGS[name][:3])
+    for student, nb in submissions.items():
+        folder = root / "submitted" / student / name
+        folder.mkdir(parents=True)
+        nbformat.write(nb, folder / f"{name}.ipynb")
+    _nbgrader(root, "autograde", name, "--create", "--force")
+    return name, root
+
+
+def _scores(root: Path, name: str, student: str) -> dict[str, tuple[float, float]]:
+    from nbgrader.api import Gradebook
+
+    with Gradebook(f"sqlite:///{root / 'gradebook.db'}") as gb:
+        nb = gb.find_submission_notebook(name, name, student)
+        return {g.name: (g.score, g.max_score) for g in nb.grades if g.cell_type == "code"}
+
+
+def test_reference_scores_full_marks(graded):
+    name, root = graded
+    scores = _scores(root, name, "reference")
+    assert scores, "no graded cells found"
+    lost = {cell: s for cell, s in scores.items() if s[0] != s[1]}
+    assert not lost, f"reference lost points (error or stderr output in a grade cell?): {lost}"
+
+
+def test_untouched_release_scores_zero(graded):
+    name, root = graded
+    scores = _scores(root, name, "untouched")
+    assert all(score == 0 for score, _ in scores.values()), scores
+
+
+def test_planted_bug_loses_exactly_its_cell(graded):
+    name, root = graded
+    if name not in PLANTED_BUGS:
+        pytest.fail(f"add a planted bug for {name} to PLANTED_BUGS")
+    failing_cell = PLANTED_BUGS[name][3]
+    scores = _scores(root, name, "bug")
+    for cell, (score, max_score) in scores.items():
+        expected = 0 if cell == failing_cell else max_score
+        assert score == expected, f"{cell}: scored {score}/{max_score}, expected {expected}"
