@@ -30,6 +30,8 @@ pytestmark = pytest.mark.notebook
 PLANTED_BUGS = {
     "01_task_vectors": ("mean_task_vector", "torch.stack(states).mean(0)",
                         "torch.stack(states).sum(0)", "test_mean_task_vector"),
+    "03_heads": ("find_task_heads", "z[:, -1, head] = mean_z[layer, head]",
+                 "z[:, 0, head] = mean_z[layer, head]", "test_find_task_heads"),
 }
 _MARKER = re.compile(r"^\s*### (BEGIN|END) SOLUTION\s*$")
 
