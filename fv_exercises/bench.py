@@ -97,7 +97,39 @@ def _add_heads_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--naive-layers", type=int, default=4, help="layers (all their heads) in it")
 
 
-BENCHMARKS: dict[str, Callable[[argparse.Namespace], None]] = {"heads": bench_heads}
+def bench_load(args: argparse.Namespace) -> None:
+    """Fresh-process model load: warm (cache present) against cold (GGUF conversion).
+
+    Each measurement is a new Python process (imports included), as a learner's first cell is.
+    The cold run converts into a temporary cache directory, so the real cache is untouched.
+    Goals (issue 2): warm <= 6 s, cold <= 40 s.
+    """
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    code = "from fv_exercises import load_model; load_model()"
+
+    def fresh_process(env: dict[str, str]) -> float:
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True)
+        return time.perf_counter() - start
+
+    env = dict(os.environ)
+    fresh_process(env)  # make sure the real cache exists
+    warm = min(fresh_process(env) for _ in range(2))
+    with tempfile.TemporaryDirectory() as tmp:
+        cold = fresh_process({**env, "FV_CACHE_DIR": tmp})
+    print(f"[load] fresh process, warm cache: {warm:5.1f} s  (goal <= 6 s)")
+    print(f"[load] fresh process, cold cache (GGUF -> float32 safetensors): {cold:5.1f} s  "
+          f"(goal <= 40 s)")
+    print(f"[load] ratio cold/warm: {cold / warm:.1f}x")
+
+
+BENCHMARKS: dict[str, Callable[[argparse.Namespace], None]] = {"heads": bench_heads,
+                                                                "load": bench_load}
 _OPTIONS: list[Callable[[argparse.ArgumentParser], None]] = [_add_heads_options]
 
 

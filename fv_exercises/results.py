@@ -8,9 +8,10 @@ from pathlib import Path
 import torch
 
 from fv_exercises.evaluation import layer_sweep, mean_resid_post, top1_accuracy
+from fv_exercises.heads import function_vector, head_effects, mean_head_z, top_heads
 from fv_exercises.tasks import ICLDataset, task_names
 
-N_TRAIN, N_TEST = 32, 40
+N_TRAIN, N_TEST, N_TOP_HEADS = 32, 40, 10
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ def _pct(x: float) -> str:
 
 def headline_results(model, task: str = "antonym", out_dir: str | Path | None = None,
                      progress: bool = True) -> list[Row]:
-    """ICL, zero-shot and task-vector accuracies for ``task``; see notebook 01 for the method.
+    """ICL, zero-shot, task-vector and function-vector accuracies for ``task`` (notebooks 01-03).
 
     Vectors are built from ``N_TRAIN`` train prompts, layers are chosen on the train queries, and
     every accuracy is top-1 on ``N_TEST`` test queries.
@@ -57,7 +58,59 @@ def headline_results(model, task: str = "antonym", out_dir: str | Path | None = 
         Row("zero-shot + mean task vector (ICL - zero-shot)", _pct(tv), f"layer {best}"),
         Row("zero-shot + random vector, same norm", _pct(rnd), f"layer {best}, control"),
     ]
+    rows += _head_results(model, train, test, progress)
+    if out_dir is not None:
+        rows += _write_figures(model, task, train_sweep, rows, out_dir)
     return rows
+
+
+_LAST_EFFECTS: dict[str, torch.Tensor] = {}
+
+
+def _head_results(model, train: ICLDataset, test: ICLDataset, progress: bool,
+                  k: int = N_TOP_HEADS) -> list[Row]:
+    """Top heads by exact causal effect; the function vector of the top ``k`` (notebook 03)."""
+    mean_z = mean_head_z(model, train.prompts)
+    effects = head_effects(model, train.corrupted_prompts, train.answers, mean_z, progress=progress)
+    _LAST_EFFECTS[train.task] = effects
+    heads = top_heads(effects, k)
+    fv = function_vector(model, mean_z, heads)
+    n = model.cfg.n_layers
+    candidates = range(n // 4, 3 * n // 4 + 1)  # the sweep in notebook 02: the ends never win
+    train_acc = {layer: top1_accuracy(model, train.zero_shot_prompts, train.answers, add={layer: fv})
+                 for layer in candidates}
+    layer = max(train_acc, key=train_acc.get)
+    zero = top1_accuracy(model, test.zero_shot_prompts, test.answers, add={layer: fv})
+    shuffled = top1_accuracy(model, test.corrupted_prompts, test.answers, add={layer: fv})
+    top5 = ", ".join(f"{l}.{h} ({effects[l, h]:+.3f})" for l, h in heads[:5])
+    return [
+        Row("top heads (layer.head, gain in P(answer))", "", top5),
+        Row(f"function vector: top-{k} heads, layer (chosen on train)", str(layer),
+            f"|FV| = {fv.norm():.0f}"),
+        Row("zero-shot + function vector", _pct(zero), f"layer {layer}"),
+        Row("shuffled-label ICL + function vector", _pct(shuffled), f"layer {layer}"),
+    ]
+
+
+def _write_figures(model, task: str, sweep: torch.Tensor, rows: list[Row],
+                   out_dir: str | Path) -> list[Row]:
+    """Save the layer sweep and the head heatmap as PNG files; return rows naming them."""
+    import matplotlib.pyplot as plt
+
+    from fv_exercises.plotting import plot_head_heatmap, plot_layer_sweep
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sweep_png, heads_png = out / f"{task}_layer_sweep.png", out / f"{task}_head_effects.png"
+    fig = plot_layer_sweep({task: sweep}, title=f"{task}: mean task vector added at each layer "
+                           "(train queries)")
+    fig.savefig(sweep_png, dpi=120)
+    plt.close(fig)
+    fig = plot_head_heatmap(_LAST_EFFECTS[task], title=f"{task}: causal effect of each head")
+    fig.savefig(heads_png, dpi=120)
+    plt.close(fig)
+    return [Row("figure: layer sweep", "", str(sweep_png)),
+            Row("figure: head effects", "", str(heads_png))]
 
 
 def print_table(rows: list[Row], title: str) -> None:

@@ -30,6 +30,8 @@ pytestmark = pytest.mark.notebook
 PLANTED_BUGS = {
     "01_task_vectors": ("mean_task_vector", "torch.stack(states).mean(0)",
                         "torch.stack(states).sum(0)", "test_mean_task_vector"),
+    "02_layer_sweep": ("find_task_layer", 'icl_cache[f"blocks.{layer}.hook_resid_post"][0, -1]',
+                       'icl_cache[f"blocks.{layer}.hook_resid_post"][0, 0]', "test_find_task_layer"),
     "03_heads": ("find_task_heads", "z[:, -1, head] = mean_z[layer, head]",
                  "z[:, 0, head] = mean_z[layer, head]", "test_find_task_heads"),
 }

@@ -1,0 +1,41 @@
+"""Notebook 02's check: the reference passes, each plausible mistake fails with its message."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from fv_exercises.checks import CheckFailure
+from fv_exercises.checks_layers import check_find_task_layer
+from fv_exercises.reference.layer_sweep import find_task_layer
+
+from wrong_02 import FIND_TASK_LAYER, ftl_seed_loop_correct
+
+
+def test_reference_find_task_layer_passes(model, capsys):
+    check_find_task_layer(find_task_layer, model)
+    check_find_task_layer(find_task_layer, model, hidden=True)
+    captured = capsys.readouterr()
+    assert "matches the reference" in captured.out
+    assert captured.out.count("\n") == 1 and captured.err == ""
+
+
+def test_seed_style_loop_passes(model):
+    """One probe at a time (unbatched) gives exactly the reference's accuracies."""
+    check_find_task_layer(ftl_seed_loop_correct, model)
+
+
+@pytest.mark.parametrize("wrong", list(FIND_TASK_LAYER), ids=lambda f: f.__name__)
+def test_find_task_layer_mistake_is_named(model, wrong):
+    with pytest.raises(CheckFailure, match=re.escape(FIND_TASK_LAYER[wrong])):
+        check_find_task_layer(wrong, model)
+    assert not any(hp._forward_hooks for hp in model.hook_dict.values()), "check left hooks behind"
+
+
+def test_check_recovers_from_leaked_hook(model):
+    from wrong_02 import ftl_leaks_hook
+
+    with pytest.raises(CheckFailure):
+        check_find_task_layer(ftl_leaks_hook, model)
+    check_find_task_layer(find_task_layer, model)

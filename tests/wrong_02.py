@@ -1,0 +1,122 @@
+"""Plausible wrong learner implementations for notebook 02, each with the message it must get.
+
+Written the way a learner would write them (current TransformerLens API), one mistake each.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fv_exercises.evaluation import top1_accuracy
+
+
+def _post(layer):
+    return f"blocks.{layer}.hook_resid_post"
+
+
+def _seed_style(model, icl_prompt, probes, answers, read=_post, write=_post, pos=-1, every=False,
+                space=" ", layers=None, as_count=False):
+    """The seed's loop, one probe at a time, with the knobs a learner gets wrong."""
+    _, cache = model.run_with_cache(icl_prompt)
+    results = {}
+    for layer in layers if layers is not None else range(model.cfg.n_layers):
+        h = cache[read(layer)][:, pos]
+        correct = 0
+        for probe, answer in zip(probes, answers):
+            def hook(resid, hook, h=h):
+                if every:
+                    resid += h[:, None]
+                else:
+                    resid[:, -1] += h
+                return resid
+
+            logits = model.run_with_hooks(probe, fwd_hooks=[(write(layer), hook)])
+            target = model.tokenizer.encode(space + answer, add_special_tokens=False)[0]
+            correct += int(logits[0, -1].argmax() == target)
+        results[layer] = correct if as_count else correct / len(probes)
+    return results
+
+
+def ftl_seed_loop_correct(model, icl_prompt, probes, answers):
+    """Correct: the seed's loop, one probe at a time (must PASS)."""
+    return _seed_style(model, icl_prompt, probes, answers)
+
+
+def ftl_resid_pre(model, icl_prompt, probes, answers):
+    return _seed_style(model, icl_prompt, probes, answers, read=lambda l: f"blocks.{l}.hook_resid_pre")
+
+
+def ftl_resid_pre_both(model, icl_prompt, probes, answers):
+    pre = lambda l: f"blocks.{l}.hook_resid_pre"  # noqa: E731
+    return _seed_style(model, icl_prompt, probes, answers, read=pre, write=pre)
+
+
+def ftl_first_position(model, icl_prompt, probes, answers):
+    return _seed_style(model, icl_prompt, probes, answers, pos=0)
+
+
+def ftl_every_position(model, icl_prompt, probes, answers):
+    return _seed_style(model, icl_prompt, probes, answers, every=True)
+
+
+def ftl_count(model, icl_prompt, probes, answers):
+    return _seed_style(model, icl_prompt, probes, answers, as_count=True)
+
+
+def ftl_no_space(model, icl_prompt, probes, answers):
+    return _seed_style(model, icl_prompt, probes, answers, space="")
+
+
+def ftl_missing_last_layer(model, icl_prompt, probes, answers):
+    return _seed_style(model, icl_prompt, probes, answers, layers=range(model.cfg.n_layers - 1))
+
+
+def ftl_returns_tensor(model, icl_prompt, probes, answers):
+    _, cache = model.run_with_cache(icl_prompt)
+    return torch.tensor([top1_accuracy(model, probes, answers, add={l: cache[_post(l)][0, -1]})
+                         for l in range(model.cfg.n_layers)])
+
+
+def ftl_hook_returns_nothing(model, icl_prompt, probes, answers):
+    _, cache = model.run_with_cache(icl_prompt)
+    results = {}
+    for layer in range(model.cfg.n_layers):
+        h = cache[_post(layer)][:, -1]
+
+        def hook(resid, hook, h=h):
+            resid = resid.clone()  # edits a copy and forgets to return it
+            resid[:, -1] += h
+
+        logits = torch.cat([model.run_with_hooks(p, fwd_hooks=[(_post(layer), hook)])[:, -1] for p in probes])
+        targets = torch.tensor([model.tokenizer.encode(" " + a, add_special_tokens=False)[0] for a in answers])
+        results[layer] = (logits.argmax(-1) == targets).float().mean().item()
+    return results
+
+
+def ftl_leaks_hook(model, icl_prompt, probes, answers):
+    _, cache = model.run_with_cache(icl_prompt)
+    results = {}
+    for layer in range(model.cfg.n_layers):
+        h = cache[_post(layer)][0, -1]
+        model.add_hook(_post(layer), lambda resid, hook, h=h: resid)  # registered, never removed
+        results[layer] = top1_accuracy(model, probes, answers, add={layer: h})
+    return results
+
+
+def ftl_stub(model, icl_prompt, probes, answers):
+    raise NotImplementedError()
+
+
+FIND_TASK_LAYER = {
+    ftl_resid_pre: "read from `hook_resid_pre`",
+    ftl_resid_pre_both: "shifted up by one layer",
+    ftl_first_position: "FIRST position",
+    ftl_every_position: "EVERY position",
+    ftl_count: "COUNT",
+    ftl_no_space: "leading space",
+    ftl_missing_last_layer: "missing layers [29]",
+    ftl_returns_tensor: "return a dict",
+    ftl_hook_returns_nothing: "never run with h added",
+    ftl_leaks_hook: "left hooks registered",
+    ftl_stub: "not implemented yet",
+}
