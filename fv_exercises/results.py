@@ -58,21 +58,19 @@ def headline_results(model, task: str = "antonym", out_dir: str | Path | None = 
         Row("zero-shot + mean task vector (ICL - zero-shot)", _pct(tv), f"layer {best}"),
         Row("zero-shot + random vector, same norm", _pct(rnd), f"layer {best}, control"),
     ]
-    rows += _head_results(model, train, test, progress)
+    head_rows, effects = _head_results(model, train, test, progress)
+    rows += head_rows
     if out_dir is not None:
-        rows += _write_figures(model, task, train_sweep, rows, out_dir)
+        rows += _write_figures(task, train_sweep, effects, out_dir)
     return rows
 
 
-_LAST_EFFECTS: dict[str, torch.Tensor] = {}
-
-
 def _head_results(model, train: ICLDataset, test: ICLDataset, progress: bool,
-                  k: int = N_TOP_HEADS) -> list[Row]:
-    """Top heads by exact causal effect; the function vector of the top ``k`` (notebook 03)."""
+                  k: int = N_TOP_HEADS) -> tuple[list[Row], torch.Tensor]:
+    """Rows for the top heads and the top-``k`` function vector (notebook 03), and the
+    ``[n_layers, n_heads]`` effects they come from."""
     mean_z = mean_head_z(model, train.prompts)
     effects = head_effects(model, train.corrupted_prompts, train.answers, mean_z, progress=progress)
-    _LAST_EFFECTS[train.task] = effects
     heads = top_heads(effects, k)
     fv = function_vector(model, mean_z, heads)
     n = model.cfg.n_layers
@@ -89,10 +87,10 @@ def _head_results(model, train: ICLDataset, test: ICLDataset, progress: bool,
             f"|FV| = {fv.norm():.0f}"),
         Row("zero-shot + function vector", _pct(zero), f"layer {layer}"),
         Row("shuffled-label ICL + function vector", _pct(shuffled), f"layer {layer}"),
-    ]
+    ], effects
 
 
-def _write_figures(model, task: str, sweep: torch.Tensor, rows: list[Row],
+def _write_figures(task: str, sweep: torch.Tensor, effects: torch.Tensor,
                    out_dir: str | Path) -> list[Row]:
     """Save the layer sweep and the head heatmap as PNG files; return rows naming them."""
     import matplotlib.pyplot as plt
@@ -106,7 +104,7 @@ def _write_figures(model, task: str, sweep: torch.Tensor, rows: list[Row],
                            "(train queries)")
     fig.savefig(sweep_png, dpi=120)
     plt.close(fig)
-    fig = plot_head_heatmap(_LAST_EFFECTS[task], title=f"{task}: causal effect of each head")
+    fig = plot_head_heatmap(effects, title=f"{task}: causal effect of each head")
     fig.savefig(heads_png, dpi=120)
     plt.close(fig)
     return [Row("figure: layer sweep", "", str(sweep_png)),
