@@ -1,7 +1,8 @@
 """Command line: ``python -m fv_exercises <command>`` (also installed as ``fv``).
 
-- ``run [--task antonym]``: the main job. Reproduces the course's headline results on the
-  embedded model and prints them as a table.
+- ``run [--task antonym] [--model PATH] [--seeds N]``: the main job. Reproduces the course's
+  headline results on the embedded model (or another) and prints them as a table, each accuracy
+  with its 95% interval; ``--seeds N`` repeats it over N independent train draws.
 - ``convert [--force]``: convert the embedded model into the cache (normally automatic).
 - ``table``: the per-task ICL / zero-shot accuracy table (docs/task_accuracy.md).
 """
@@ -15,13 +16,18 @@ import time
 
 def _run(args: argparse.Namespace) -> int:
     from fv_exercises import load_model
-    from fv_exercises.results import headline_results, print_table
+    from fv_exercises.results import headline_results, over_seeds, print_table
 
     start = time.time()
     model = load_model(args.model)
-    rows = headline_results(model, args.task, out_dir=args.out, progress=not args.quiet)
+    if args.seeds < 1:
+        raise SystemExit("--seeds must be at least 1")
+    runs = [headline_results(model, args.task, out_dir=args.out if seed == 0 else None,
+                             progress=not args.quiet, seed=seed) for seed in range(args.seeds)]
+    rows = runs[0] if args.seeds == 1 else over_seeds(runs)
+    draws = "" if args.seeds == 1 else f", mean over {args.seeds} train draws"
     print_table(rows, title=f"Function vectors on {args.model or 'SmolLM2-135M-Instruct'}, task "
-                f"{args.task!r} ({time.time() - start:.0f} s)")
+                f"{args.task!r}{draws} ({time.time() - start:.0f} s)")
     return 0
 
 
@@ -47,7 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="reproduce the headline results for one task")
     run.add_argument("--task", default="antonym")
-    run.add_argument("--model", default=None, help="Hugging Face name (default: embedded model)")
+    run.add_argument("--model", default=None,
+                     help="a local model folder or Hugging Face name (default: the embedded model)")
+    run.add_argument("--seeds", type=int, default=1,
+                     help="rebuild the vectors from N independent train draws; report mean and spread")
     run.add_argument("--out", default="fv_results", help="folder for figures")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(func=_run)

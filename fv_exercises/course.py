@@ -69,10 +69,10 @@ def tool_env() -> dict[str, str]:
     return env
 
 
-def _release_into(release_dir: Path) -> None:
-    """Run ``nbgrader generate_assignment`` for every assignment into ``release_dir``."""
+def _release_into(release_dir: Path, names: list[str] | None = None) -> None:
+    """Run ``nbgrader generate_assignment`` for ``names`` (default: all) into ``release_dir``."""
     with tempfile.TemporaryDirectory() as tmp:
-        for name in assignments():
+        for name in names or assignments():
             cmd = [
                 sys.executable, "-m", "nbgrader", "generate_assignment", name, "--force",
                 f"--CourseDirectory.root={ROOT}",
@@ -83,12 +83,16 @@ def _release_into(release_dir: Path) -> None:
             subprocess.run(cmd, check=True, cwd=ROOT, env=tool_env())
 
 
-def build() -> None:
-    """Regenerate the learner notebooks and the reference modules."""
+def build(names: list[str] | None = None) -> None:
+    """Regenerate the learner notebooks and the reference modules (of ``names``, default all)."""
+    names = names or assignments()
+    unknown = sorted(set(names) - set(assignments()))
+    if unknown:
+        raise SystemExit(f"unknown assignment(s) {unknown}; known: {assignments()}")
     REFERENCE.mkdir(exist_ok=True)
-    for name in assignments():
+    for name in names:
         (REFERENCE / f"{reference_module_name(name)}.py").write_text(export_reference(name))
-    _release_into(RELEASE)
+    _release_into(RELEASE, names)
 
 
 def _normalized(path: Path) -> str:
@@ -122,10 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fv_exercises.course", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["build", "check"])
+    parser.add_argument("assignments", nargs="*", help="build only these (default: all)")
     args = parser.parse_args(argv)
     if args.command == "build":
-        build()
-        print(f"regenerated {len(assignments())} assignment(s) into {RELEASE} and {REFERENCE}")
+        build(args.assignments)
+        print(f"regenerated {len(args.assignments or assignments())} assignment(s) into {RELEASE} "
+              f"and {REFERENCE}")
         return 0
     stale = stale_files()
     if stale:

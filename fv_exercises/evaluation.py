@@ -81,6 +81,21 @@ def last_position_logits(
     return torch.cat(out)
 
 
+def top1_correct(
+    model,
+    prompts: Sequence[str],
+    answers: Sequence[str],
+    add: Mapping[int, Tensor] | None = None,
+) -> Tensor:
+    """Per prompt, is the top-1 next token the answer's first token? BoolTensor ``[n]``.
+
+    Per-query outcomes are what :mod:`fv_exercises.stats` needs for intervals and paired
+    comparisons (``stats.accuracy(top1_correct(...))``).
+    """
+    logits = last_position_logits(model, prompts, add=add)
+    return logits.argmax(-1) == answer_token_ids(model, answers)
+
+
 def top1_accuracy(
     model,
     prompts: Sequence[str],
@@ -88,8 +103,7 @@ def top1_accuracy(
     add: Mapping[int, Tensor] | None = None,
 ) -> float:
     """Fraction of prompts whose top-1 next token is the answer's first token."""
-    logits = last_position_logits(model, prompts, add=add)
-    return (logits.argmax(-1) == answer_token_ids(model, answers)).float().mean().item()
+    return top1_correct(model, prompts, answers, add=add).float().mean().item()
 
 
 def answer_probs(

@@ -20,8 +20,8 @@ Three ways to compute the effects, all returning ``[n_layers, n_heads]``:
 - :func:`head_effects` -- the same numbers, fast. Patching a head at the *last* position
   cannot change any earlier position (the model is causal), so every earlier position's
   keys and values are those of the unpatched run. We run each prompt once, keep its prefix,
-  and recompute only the last position, only from the patched layer upward, for many
-  patched heads at once (a batch of one-position rows sharing the same prefix).
+  and recompute only the last position, for many patched heads at once (a batch of
+  one-position rows sharing the same prefix; the engines are in :mod:`fv_exercises.last_position`).
 - :func:`attribution_head_effects` -- a first-order (gradient) estimate from one forward
   and one backward pass per batch of prompts: cheap, approximate.
 
@@ -30,6 +30,7 @@ Everything runs on the ``TransformerBridge`` returned by :func:`fv_exercises.loa
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
@@ -37,6 +38,12 @@ import torch
 from torch import Tensor
 
 from fv_exercises.evaluation import answer_token_ids, tokenize_right_padded
+from fv_exercises.last_position import (
+    LlamaLastPosition,
+    llama_style_problems,
+    prefix_cache,
+    run_last_position,
+)
 
 Head = tuple[int, int]
 DEFAULT_BATCH = 8
@@ -159,196 +166,12 @@ def head_effects_naive(
                 hook = _patch_head_hook(h, pos, mean_z[l, h])
                 logits = model.run_with_hooks(tokens, fwd_hooks=[(z_name(l), hook)])
                 total[l, h] += _answer_prob(logits[0, pos], ans) - p_corrupted
-    effects = torch.full_like(total, float("nan"))
-    for l, h in heads:
-        effects[l, h] = total[l, h] / len(corrupted_prompts)
-    return effects
+    return _nan_outside(total / len(corrupted_prompts), heads)
 
 
 # --------------------------------------------------------------------------------------------
 # 3. Causal effects, fast: reuse the prefix, recompute only the last position
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Layer:
-    """One decoder layer's pieces, taken from the HF modules underneath the bridge."""
-
-    ln1: torch.nn.Module  # RMSNorm before attention
-    q: torch.nn.Linear
-    k: torch.nn.Linear
-    v: torch.nn.Linear
-    o: torch.nn.Linear
-    ln2: torch.nn.Module  # RMSNorm before the MLP
-    mlp: "_GatedMLP"  # down(act(gate(x)) * up(x))
-    scaling: float
-
-
-class _LlamaLastPosition:
-    """The forward pass of a Llama-style model for ONE new position per prompt, given its prefix.
-
-    Uses the bridge's own weights (the HF modules it wraps) and the same operations as the
-    bridge's attention (RoPE via transformers' ``apply_rotary_pos_emb``, grouped-query
-    attention, softmax in float32), so it matches the bridge's forward up to float rounding.
-    Nothing here is hard-coded: sizes come from ``model.cfg``.
-
-    Shapes: ``B`` prompts (right-padded to ``S`` positions, prompt ``b`` ends at ``last[b]``),
-    ``R`` rows per prompt (versions of its last position: one per patched head).
-    """
-
-    def __init__(self, model):
-        _check_llama_style(model)
-        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
-
-        self.apply_rotary_pos_emb = apply_rotary_pos_emb
-        self.n_heads = model.cfg.n_heads
-        self.n_kv = getattr(model.cfg, "n_key_value_heads", None) or self.n_heads
-        self.d_head = model.cfg.d_head
-        self.rotary = model.original_model.model.rotary_emb.original_component
-        self.norm = model.ln_final.original_component
-        self.unembed = model.unembed.original_component
-        self.layers = []
-        for block in model.blocks:
-            attn = block.attn.original_component
-            self.layers.append(
-                _Layer(
-                    ln1=block.ln1.original_component,
-                    q=block.attn.q.original_component,
-                    k=block.attn.k.original_component,
-                    v=block.attn.v.original_component,
-                    o=block.attn.o.original_component,
-                    ln2=block.ln2.original_component,
-                    mlp=_GatedMLP(block.mlp),
-                    scaling=float(getattr(attn, "scaling", self.d_head**-0.5)),
-                )
-            )
-
-    def cos_sin(self, n_positions: int, like: Tensor) -> tuple[Tensor, Tensor]:
-        """RoPE tables for positions ``0 .. n_positions-1``: two ``[1, n_positions, d_head]``."""
-        position_ids = torch.arange(n_positions, device=like.device)[None]
-        return self.rotary(like, position_ids)
-
-    def prefix_kv(
-        self, layer: int, resid_pre: Tensor, cos: Tensor, sin: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        """Rotated keys and values of every position at ``layer``, as the unpatched run saw them.
-
-        ``resid_pre``: ``[B, S, d_model]`` -> two ``[B, n_kv, S, d_head]``. Only positions
-        before each prompt's last one are used (see ``attention``): a patch at the last position
-        cannot reach back to them in a causal model, so they are the same in every patched run.
-        """
-        L = self.layers[layer]
-        B, S, _ = resid_pre.shape
-        x = L.ln1(resid_pre)
-        k = L.k(x).view(B, S, self.n_kv, self.d_head).transpose(1, 2)
-        v = L.v(x).view(B, S, self.n_kv, self.d_head).transpose(1, 2)
-        # apply_rotary_pos_emb rotates q and k together; pass k twice and keep one
-        _, k = self.apply_rotary_pos_emb(k, k, cos, sin)
-        return k, v
-
-    def attention(
-        self,
-        layer: int,
-        x: Tensor,
-        kv: tuple[Tensor, Tensor],
-        prefix_mask: Tensor,
-        cos_p: Tensor,
-        sin_p: Tensor,
-    ) -> Tensor:
-        """Every head's ``z`` for rows ``x`` (last-position ``resid_pre``, ``[B, R, d_model]``).
-
-        All rows of prompt ``b`` attend to the same prefix (``kv``: two ``[B, n_kv, S, d_head]``,
-        of which ``prefix_mask`` ``[B, S]`` keeps positions ``< last[b]``) and to their own new
-        key/value. ``cos_p``/``sin_p``: RoPE at position ``last[b]``, ``[B, 1, d_head]``.
-        Returns ``z``: ``[B, R, n_heads, d_head]``.
-        """
-        L = self.layers[layer]
-        B, R, _ = x.shape
-        G, D = self.n_kv, self.d_head
-        n_rep = self.n_heads // G  # query heads per key/value head (GQA)
-        h = L.ln1(x)
-        q = L.q(h).view(B, R, self.n_heads, D)
-        k = L.k(h).view(B, R, G, D)
-        v = L.v(h).view(B, R, G, D)
-        q, k = self.apply_rotary_pos_emb(q, k, cos_p, sin_p)  # broadcast over rows and heads
-        # query head g*n_rep + j reads key/value head g (transformers' repeat_kv layout)
-        q = q.view(B, R, G, n_rep, D)
-        K, V = kv
-        scores_prefix = torch.einsum("brgjd,bgsd->brgjs", q, K)  # [B, R, G, n_rep, S]
-        keep = prefix_mask[:, None, None, None, :]
-        scores_prefix = scores_prefix.masked_fill(~keep, float("-inf"))
-        score_self = torch.einsum("brgjd,brgd->brgj", q, k)[..., None]  # [B, R, G, n_rep, 1]
-        scores = torch.cat([scores_prefix, score_self], dim=-1) * L.scaling
-        pattern = scores.softmax(-1, dtype=torch.float32).to(q.dtype)
-        z = torch.einsum("brgjs,bgsd->brgjd", pattern[..., :-1], V)
-        z = z + pattern[..., -1:] * v[:, :, :, None, :]
-        return z.reshape(B, R, self.n_heads, D)
-
-    def finish_block(self, layer: int, resid_pre: Tensor, z: Tensor) -> Tensor:
-        """``resid_post`` of block ``layer`` from ``resid_pre`` ``[..., d_model]`` and ``z``.
-
-        ``z``: ``[..., n_heads, d_head]``. Returns ``[..., d_model]``.
-        """
-        L = self.layers[layer]
-        resid_mid = resid_pre + L.o(z.flatten(-2))
-        return resid_mid + L.mlp(L.ln2(resid_mid))
-
-    def answer_probs(self, resid: Tensor, answer_ids: Tensor, rows_per_step: int = 512) -> Tensor:
-        """P(answer) after the final norm and unembedding: ``[B, R, d_model]`` -> ``[B, R]``.
-
-        ``answer_ids``: ``[B]``. Done ``rows_per_step`` rows at a time: full logits for all rows
-        would need ``B x R x d_vocab`` floats (e.g. 8 x 270 x 49152 x 4 bytes = 425 MB).
-        """
-        B, R, d = resid.shape
-        flat = resid.reshape(B * R, d)
-        ans = answer_ids.repeat_interleave(R)
-        out = []
-        for i in range(0, B * R, rows_per_step):
-            logits = self.unembed(self.norm(flat[i : i + rows_per_step])).float()
-            rows = torch.arange(logits.shape[0])
-            out.append(logits.softmax(-1)[rows, ans[i : i + rows_per_step]])
-        return torch.cat(out).view(B, R)
-
-
-class _GatedMLP:
-    """``down(act(gate(x)) * up(x))`` with the HF weights (skips the bridge's hook points)."""
-
-    def __init__(self, mlp_bridge):
-        self.gate = mlp_bridge.gate.original_component
-        self.up = getattr(mlp_bridge, "in").original_component
-        self.down = mlp_bridge.out.original_component
-        self.act = mlp_bridge.original_component.act_fn
-
-    def __call__(self, x: Tensor) -> Tensor:
-        return self.down(self.act(self.gate(x)) * self.up(x))
-
-
-def _check_llama_style(model) -> None:
-    """Raise ``NotImplementedError`` unless the model is Llama-style (all the fast path knows)."""
-    hf = getattr(model, "original_model", None)
-    model_type = getattr(getattr(hf, "config", None), "model_type", None)
-    problems = []
-    if model_type != "llama":
-        problems.append(f"model_type is {model_type!r}, not 'llama'")
-    if getattr(model.cfg, "positional_embedding_type", None) != "rotary":
-        problems.append("positional embeddings are not rotary")
-    if getattr(model.cfg, "normalization_type", None) != "RMS":
-        problems.append("normalization is not RMSNorm")
-    if not getattr(model.cfg, "gated_mlp", False):
-        problems.append("MLP is not gated")
-    if not problems:
-        block = model.blocks[0]
-        if getattr(block.mlp, "_use_processed_weights", False):
-            problems.append("compatibility mode (processed weights) is enabled")
-        if getattr(block.attn.original_component, "sliding_window", None):
-            problems.append("sliding-window attention")
-    if problems:
-        raise NotImplementedError(
-            "head_effects' fast path supports Llama-style models (RoPE, RMSNorm, gated MLP, "
-            "full causal attention) loaded without compatibility mode; here: "
-            f"{'; '.join(problems)}. Use head_effects_naive(...) instead: same numbers, "
-            "one forward pass per head and prompt."
-        )
 
 
 def head_effects(
@@ -363,6 +186,116 @@ def head_effects(
 ) -> Tensor:
     """Same numbers as :func:`head_effects_naive`, one to two orders of magnitude faster.
 
+    Patching a head at the last position changes nothing before it, so each prompt's prefix is
+    run once and only the last position is recomputed, for many patched heads at once (see
+    :mod:`fv_exercises.last_position`). Two exact engines:
+
+    - Llama-style models (the embedded one): re-implemented blocks; a head patched at layer ``l``
+      is recomputed from layer ``l`` upward only;
+    - any other architecture: the model's own key/value cache through the bridge (about 3x slower
+      than the Llama engine, still far faster than the naive scan).
+
+    A model that has neither falls back to :func:`head_effects_naive` (same numbers, slow), saying
+    so once. Every prompt also carries an unpatched control row; if its answer probability differs
+    from the bridge's own forward pass by more than ``check_tol``, this raises rather than return
+    wrong numbers.
+
+    Args:
+        mean_z: ``[n_layers, n_heads, d_head]`` from :func:`mean_head_z` on clean prompts.
+        heads: optional list of ``(layer, head)``; the others are ``NaN`` (default: all heads).
+        batch_heads: at most this many patched heads per batch (default: all at once with the
+            Llama engine, 64 with the key/value cache; lower it only to save memory).
+        progress: show a tqdm progress bar (off by default: grading cells must not write to
+            stderr).
+
+    Returns:
+        ``effects``: ``[n_layers, n_heads]``.
+    """
+    heads = _all_heads(model) if heads is None else sorted({(int(l), int(h)) for l, h in heads})
+    if not llama_style_problems(model):
+        return _head_effects_llama(model, corrupted_prompts, answers, mean_z, heads, batch_heads,
+                                   progress, check_tol)
+    tokens = model.to_tokens(corrupted_prompts[0]) if corrupted_prompts else None
+    if tokens is not None and prefix_cache(model, tokens) is None:
+        _say_once(f"head_effects: {type(model.original_model).__name__} has no key/value cache "
+                  "the scan can reuse; using the naive scan (same numbers, one forward pass per "
+                  "head and prompt).")
+        return head_effects_naive(model, corrupted_prompts, answers, mean_z, heads, progress)
+    return _head_effects_kv(model, corrupted_prompts, answers, mean_z, heads,
+                            batch_heads or 64, progress, check_tol)
+
+
+_SAID: set[str] = set()
+
+
+def _say_once(message: str) -> None:
+    """Print ``message`` once per process (to stdout: grade cells must not write to stderr)."""
+    if message not in _SAID:
+        _SAID.add(message)
+        print(message)
+
+
+def _check_control(p_check: Tensor, p_reference: Tensor, check_tol: float) -> None:
+    worst = (p_check - p_reference).abs().max().item()
+    if worst > check_tol:
+        raise RuntimeError(
+            "head_effects: the last-position recomputation disagrees with the bridge's forward "
+            f"(answer probability off by {worst:.2e}); use head_effects_naive for this model.")
+
+
+def _head_effects_kv(model, corrupted_prompts: Sequence[str], answers: Sequence[str],
+                     mean_z: Tensor, heads: list[Head], batch_heads: int, progress: bool,
+                     check_tol: float) -> Tensor:
+    """The exact scan on the model's own KV cache: one prefix pass per prompt, then one pass of
+    ``1 + len(chunk)`` one-token rows per chunk of heads (row 0 unpatched, row r patches head r)."""
+    answer_ids = answer_token_ids(model, answers)
+    total = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    chunks = [heads[i:i + batch_heads] for i in range(0, len(heads), batch_heads)]
+    with torch.no_grad():
+        for i in _progress(range(len(corrupted_prompts)), len(corrupted_prompts), progress,
+                           "head effects (prompts)"):
+            tokens = model.to_tokens(corrupted_prompts[i])
+            ans = int(answer_ids[i])
+            p_corrupted = model(tokens)[0, -1].float().softmax(-1)[ans]
+            cache = prefix_cache(model, tokens)
+            for chunk in chunks:
+                hooks = []
+                for layer in sorted({l for l, _ in chunk}):
+                    rows = torch.tensor([1 + r for r, (l, _) in enumerate(chunk) if l == layer])
+                    cols = torch.tensor([h for l, h in chunk if l == layer])
+                    hooks.append((z_name(layer), _patch_rows_hook(rows, cols, mean_z[layer, cols])))
+                logits = run_last_position(model, tokens, cache, 1 + len(chunk), hooks)
+                probs = logits.float().softmax(-1)[:, ans]
+                _check_control(probs[:1], p_corrupted[None], check_tol)
+                for (l, h), p in zip(chunk, probs[1:].tolist()):
+                    total[l, h] += p - p_corrupted.item()
+    return _nan_outside(total / len(corrupted_prompts), heads)
+
+
+def _patch_rows_hook(rows: Tensor, cols: Tensor, values: Tensor) -> Callable:
+    """Hook on ``hook_z`` (``[R, 1, n_heads, d_head]``): ``z[rows[i], -1, cols[i]] = values[i]``."""
+
+    def hook(z: Tensor, hook=None) -> Tensor:
+        z = z.clone()
+        z[rows, -1, cols] = values.to(z.dtype)
+        return z
+
+    return hook
+
+
+def _nan_outside(effects: Tensor, heads: list[Head]) -> Tensor:
+    """``effects`` with every head not in ``heads`` set to NaN (not scanned)."""
+    out = torch.full_like(effects, float("nan"))
+    for l, h in heads:
+        out[l, h] = effects[l, h]
+    return out
+
+
+def _head_effects_llama(model, corrupted_prompts: Sequence[str], answers: Sequence[str],
+                        mean_z: Tensor, heads: list[Head], batch_heads: int | None,
+                        progress: bool, check_tol: float) -> Tensor:
+    """The exact scan with :class:`LlamaLastPosition`.
+
     For a batch of prompts: one forward pass of the bridge gives every layer's ``resid_pre``
     (``[batch, pos, d_model]``) and ``z`` (``[batch, pos, n_heads, d_head]``). For a head
     ``(l, h)`` the patched run differs only at the last position and only from layer ``l`` on,
@@ -370,26 +303,8 @@ def head_effects(
     ``mean_z[l, h]``, then push it through layers ``l+1 ..`` alone, attending to the prefix's
     (unchanged) keys and values. All heads travel together as a batch of rows per prompt that
     grows layer by layer; prompts are batched too.
-
-    Args:
-        mean_z: ``[n_layers, n_heads, d_head]`` from :func:`mean_head_z` on clean prompts.
-        heads: optional list of ``(layer, head)``; the others are ``NaN`` (default: all heads).
-        batch_heads: at most this many patched heads per batch (default: all at once; lower it
-            only to save memory).
-        progress: show a tqdm progress bar (off by default: grading cells must not write to
-            stderr).
-        check_tol: each prompt also recomputes its *unpatched* last position from layer 0 this
-            way; if its answer probability differs from the bridge's own forward by more than
-            this, we raise instead of returning wrong numbers.
-
-    Returns:
-        ``effects``: ``[n_layers, n_heads]``.
-
-    Raises:
-        NotImplementedError: for architectures other than Llama-style (use the naive scan).
     """
-    fast = _LlamaLastPosition(model)
-    heads = _all_heads(model) if heads is None else sorted({(int(l), int(h)) for l, h in heads})
+    fast = LlamaLastPosition(model)
     batch_heads = len(heads) if batch_heads is None else max(1, int(batch_heads))
     chunks = [heads[i : i + batch_heads] for i in range(0, len(heads), batch_heads)]
     n_layers = model.cfg.n_layers
@@ -421,13 +336,7 @@ def head_effects(
             for c, chunk in enumerate(chunks):
                 probs, p_check = _scan_chunk(fast, prefix, chunk, mean_z, ans, with_check=c == 0)
                 if p_check is not None:
-                    worst = (p_check - p_corrupted).abs().max().item()
-                    if worst > check_tol:
-                        raise RuntimeError(
-                            "head_effects: the last-position recomputation disagrees with the "
-                            f"bridge's forward (answer probability off by {worst:.2e}); "
-                            "use head_effects_naive for this model."
-                        )
+                    _check_control(p_check, p_corrupted, check_tol)
                 effect = (probs - p_corrupted[:, None]).sum(0)  # summed over prompts: [len(chunk)]
                 for (l, h), e in zip(chunk, effect.tolist()):
                     total[l, h] += e
@@ -435,15 +344,12 @@ def head_effects(
                 bar.update(len(last))
     if bar is not None:
         bar.close()
-    effects = torch.full_like(total, float("nan"))
-    for l, h in heads:
-        effects[l, h] = total[l, h] / n
-    return effects
+    return _nan_outside(total / n, heads)
 
 
 @dataclass
 class _Prefix:
-    """What the fast scan keeps from the unpatched forward pass of a batch of ``B`` prompts."""
+    """What the Llama scan keeps from the unpatched forward pass of a batch of ``B`` prompts."""
 
     resid_pre: list[Tensor]  # per layer: [B, S, d_model], every position (right-padded)
     z_last: list[Tensor]  # per layer: [B, n_heads, d_head], each prompt's last position
@@ -451,7 +357,7 @@ class _Prefix:
 
 
 def _scan_chunk(
-    fast: _LlamaLastPosition,
+    fast: LlamaLastPosition,
     prefix: _Prefix,
     chunk: list[Head],
     mean_z: Tensor,
@@ -577,3 +483,99 @@ def function_vector(model, mean_z: Tensor, heads: Sequence[Head]) -> Tensor:
     for l, h in heads:
         fv = fv + mean_z[l, h].to(W_O.dtype) @ W_O[l, h]
     return fv
+
+
+# --------------------------------------------------------------------------------------------
+# 6. The course's function vector for a task
+# --------------------------------------------------------------------------------------------
+
+FV_N_PROMPTS, FV_N_SCAN, FV_K = 16, 12, 10
+_FV_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+@dataclass(frozen=True)
+class TaskFunctionVector:
+    """What :func:`function_vector_for_task` built, with what it was built from."""
+
+    task: str
+    vector: Tensor  # [d_model]
+    layer: int
+    heads: list[Head]
+    effects: Tensor  # [n_layers, n_heads], NaN where not scanned
+    train_accuracy: dict[int, float]  # zero-shot accuracy on train queries per candidate layer
+
+
+def function_vector_for_task(model, task: str, seed: int = 0) -> tuple[Tensor, int]:
+    """The course's function vector for ``task`` and the layer to add it at: ``([d_model], layer)``.
+
+    Built from **train** prompts only and deterministic for a given ``seed`` (the draw of train
+    prompts). See :func:`function_vector_details` for the recipe and what it chose.
+    """
+    details = function_vector_details(model, task, seed)
+    return details.vector.clone(), details.layer
+
+
+def function_vector_details(model, task: str, seed: int = 0) -> TaskFunctionVector:
+    """Build (once per model, task and seed, then kept) the course's function vector for ``task``.
+
+    Recipe: mean head outputs over ``FV_N_PROMPTS`` clean train prompts, the top-``FV_K`` heads by
+    causal effect on ``FV_N_SCAN`` shuffled-label train prompts, and the layer (among the middle
+    half of the network) where adding the vector gives the best zero-shot accuracy on the train
+    queries.
+    """
+    per_model = _FV_CACHE.setdefault(model, {})
+    key = (task, seed)
+    if key not in per_model:
+        from fv_exercises.evaluation import top1_correct
+        from fv_exercises.tasks import ICLDataset
+
+        train = ICLDataset.build(task, FV_N_PROMPTS, seed=seed, split="train")
+        mean_z = mean_head_z(model, train.prompts)
+        effects = head_effects(model, train.corrupted_prompts[:FV_N_SCAN],
+                               train.answers[:FV_N_SCAN], mean_z)
+        heads = top_heads(effects, FV_K)
+        fv = function_vector(model, mean_z, heads)
+        n = model.cfg.n_layers
+        candidates = range(n // 4, 3 * n // 4 + 1)
+        scores = {layer: top1_correct(model, train.zero_shot_prompts, train.answers,
+                                      add={layer: fv}).float().mean().item() for layer in candidates}
+        per_model[key] = TaskFunctionVector(task, fv, max(scores, key=scores.get), heads, effects,
+                                            scores)
+    return per_model[key]
+
+
+def headline(ctx) -> list:
+    """Main-job rows for notebook 03: top heads, and the function vector on the test queries."""
+    from fv_exercises.evaluation import top1_correct
+    from fv_exercises.report import Row, accuracy_row, difference_row
+    from fv_exercises.stats import accuracy, paired_difference
+    from fv_exercises.task_vectors import random_like
+
+    model, test = ctx.model, ctx.test
+    fv = function_vector_details(model, ctx.task, ctx.seed)
+    layer, effects = fv.layer, fv.effects
+    zero = top1_correct(model, test.zero_shot_prompts, test.answers, add={layer: fv.vector})
+    rnd = top1_correct(model, test.zero_shot_prompts, test.answers,
+                       add={layer: random_like(fv.vector, ctx.seed)})
+    shuffled = top1_correct(model, test.corrupted_prompts, test.answers, add={layer: fv.vector})
+    top5 = ", ".join(f"{l}.{h} ({effects[l, h]:+.3f})" for l, h in fv.heads[:5])
+    rows = [
+        Row("top heads (layer.head, gain in P(answer))", "", "", top5),
+        Row(f"function vector: top-{len(fv.heads)} heads, layer (chosen on train)", str(layer), "",
+            f"|FV| = {fv.vector.norm():.0f}", float(layer)),
+        accuracy_row("zero-shot + function vector", accuracy(zero), f"layer {layer}"),
+        accuracy_row("zero-shot + random vector, FV's norm", accuracy(rnd), "control"),
+        difference_row("function vector - random vector (paired)", paired_difference(zero, rnd)),
+        accuracy_row("shuffled-label ICL + function vector", accuracy(shuffled), f"layer {layer}"),
+    ]
+    path = ctx.figure_path("head_effects")
+    if path is not None:
+        import matplotlib.pyplot as plt
+
+        from fv_exercises.plotting import plot_head_heatmap
+
+        fig = plot_head_heatmap(effects, title=f"{ctx.task}: causal effect of each head")
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        rows.append(Row("figure: head effects", "", "", str(path)))
+    return rows

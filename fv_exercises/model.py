@@ -157,16 +157,19 @@ def apply_kv_cache_fix() -> None:
     AttentionBridge._update_kv_cache = _update_kv_cache
 
 
-def load_model(name: str | None = None, device: str = "cpu"):
+def load_model(name: str | os.PathLike | None = None, device: str = "cpu"):
     """Return a ``TransformerBridge`` in eval mode with frozen parameters.
 
     Args:
-        name: ``None`` for the embedded SmolLM2-135M-Instruct (offline), or any Hugging Face
-            model name TransformerLens supports (needs a reachable hub, or a local directory).
+        name: ``None`` for the embedded SmolLM2-135M-Instruct (offline); a local folder holding a
+            Hugging Face model (``config.json``, weights, tokenizer), offline too; or a Hugging
+            Face model name that TransformerLens supports (needs a reachable hub).
         device: torch device string.
 
     Parameters are frozen (``requires_grad=False``) so forward passes build no autograd graph;
-    gradients with respect to activations (attribution patching) still work.
+    gradients with respect to activations (attribution patching) still work. When the weights
+    come from a ``model.safetensors`` file, its path is kept as ``model.fv_weights_file`` (the
+    checks restore weights a learner's code edited in place from it).
     """
     _quiet_transformers()
     apply_kv_cache_fix()
@@ -185,8 +188,18 @@ def load_model(name: str | None = None, device: str = "cpu"):
         # prepends it as BOS by default. Measured on 40 antonym test prompts (5 shots):
         # top-1 ICL accuracy 60% without it, 38% with it. So the course tokenizes without BOS.
         model.cfg.default_prepend_bos = False
+    elif Path(name).expanduser().is_dir():
+        path = Path(name).expanduser()
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"{path} is a folder but holds no config.json: not a saved "
+                                 "Hugging Face model (save one with `model.save_pretrained(path)` "
+                                 "and `tokenizer.save_pretrained(path)`).")
+        model = TransformerBridge.boot_transformers(str(path), device=device)
     else:
-        model = TransformerBridge.boot_transformers(name, device=device)
+        path = None
+        model = TransformerBridge.boot_transformers(str(name), device=device)
+    if path is not None and (path / "model.safetensors").is_file():
+        model.fv_weights_file = path / "model.safetensors"
     model.eval()
     model.requires_grad_(False)
     return model

@@ -1,123 +1,76 @@
-"""The course's headline numbers, computed end to end (the main job) and the task table."""
+"""The main job: the course's headline numbers, section by section, and the task table.
+
+Each section's numbers come from a ``headline(ctx)`` function beside the notebook's topic code
+(:mod:`fv_exercises.task_vectors` for notebooks 01-02, :mod:`fv_exercises.heads` for 03, ...).
+This module only calls them in order, repeats them over seeds, and prints the table.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
-from fv_exercises.evaluation import layer_sweep, mean_resid_post, top1_accuracy
-from fv_exercises.heads import function_vector, head_effects, mean_head_z, top_heads
+from fv_exercises.evaluation import top1_accuracy
+from fv_exercises.report import N_TEST, Context, Row
+from fv_exercises.stats import mean_and_spread
 from fv_exercises.tasks import ICLDataset, task_names
 
-N_TRAIN, N_TEST, N_TOP_HEADS = 32, 40, 10
 
+def _sections() -> list[tuple[str, Callable[[Context], list[Row]]]]:
+    """(title, headline function) of every notebook, in course order (imported lazily)."""
+    from fv_exercises import heads, task_vectors
 
-@dataclass(frozen=True)
-class Row:
-    """One line of the results table."""
-
-    name: str
-    value: str
-    note: str = ""
-
-
-def _pct(x: float) -> str:
-    return f"{x:.0%}"
+    return [
+        ("task vectors (notebooks 01-02)", task_vectors.headline),
+        ("function-vector heads (notebook 03)", heads.headline),
+    ]
 
 
 def headline_results(model, task: str = "antonym", out_dir: str | Path | None = None,
-                     progress: bool = True) -> list[Row]:
-    """ICL, zero-shot, task-vector and function-vector accuracies for ``task`` (notebooks 01-03).
-
-    Vectors are built from ``N_TRAIN`` train prompts, layers are chosen on the train queries, and
-    every accuracy is top-1 on ``N_TEST`` test queries.
-    """
-    torch.manual_seed(0)
-    train = ICLDataset.build(task, N_TRAIN, seed=0, split="train")
-    test = ICLDataset.build(task, N_TEST, seed=1, split="test")
-    rows = [
-        Row("few-shot ICL (5 examples)", _pct(top1_accuracy(model, test.prompts, test.answers))),
-        Row("shuffled-label ICL", _pct(top1_accuracy(model, test.corrupted_prompts, test.answers))),
-        Row("zero-shot", _pct(top1_accuracy(model, test.zero_shot_prompts, test.answers))),
-    ]
-    icl_states = mean_resid_post(model, train.prompts)  # [n_layers, d_model]
-    task_vectors = icl_states - mean_resid_post(model, train.zero_shot_prompts)
-    train_sweep = layer_sweep(model, task_vectors, train.zero_shot_prompts, train.answers, progress)
-    best = int(train_sweep.argmax())
-    raw = top1_accuracy(model, test.zero_shot_prompts, test.answers, add={best: icl_states[best]})
-    tv = top1_accuracy(model, test.zero_shot_prompts, test.answers, add={best: task_vectors[best]})
-    noise = torch.randn(task_vectors.shape[1], generator=torch.Generator().manual_seed(0))
-    noise *= task_vectors[best].norm() / noise.norm()
-    rnd = top1_accuracy(model, test.zero_shot_prompts, test.answers, add={best: noise})
-    rows += [
-        Row("task-vector layer (chosen on train queries)", str(best),
-            f"of 0..{model.cfg.n_layers - 1}"),
-        Row("zero-shot + raw mean ICL state (seed recipe)", _pct(raw), f"layer {best}"),
-        Row("zero-shot + mean task vector (ICL - zero-shot)", _pct(tv), f"layer {best}"),
-        Row("zero-shot + random vector, same norm", _pct(rnd), f"layer {best}, control"),
-    ]
-    head_rows, effects = _head_results(model, train, test, progress)
-    rows += head_rows
-    if out_dir is not None:
-        rows += _write_figures(task, train_sweep, effects, out_dir)
+                     progress: bool = True, seed: int = 0) -> list[Row]:
+    """Every section's rows for ``task``; vectors from the train draw ``seed``, accuracies on the
+    (fixed) test queries, layers and heads chosen on train queries."""
+    torch.manual_seed(seed)
+    ctx = Context(model, task, seed, Path(out_dir) if out_dir is not None else None, progress)
+    rows: list[Row] = []
+    for title, section in _sections():
+        rows.append(Row(f"-- {title}"))
+        rows += section(ctx)
     return rows
 
 
-def _head_results(model, train: ICLDataset, test: ICLDataset, progress: bool,
-                  k: int = N_TOP_HEADS) -> tuple[list[Row], torch.Tensor]:
-    """Rows for the top heads and the top-``k`` function vector (notebook 03), and the
-    ``[n_layers, n_heads]`` effects they come from."""
-    mean_z = mean_head_z(model, train.prompts)
-    effects = head_effects(model, train.corrupted_prompts, train.answers, mean_z, progress=progress)
-    heads = top_heads(effects, k)
-    fv = function_vector(model, mean_z, heads)
-    n = model.cfg.n_layers
-    candidates = range(n // 4, 3 * n // 4 + 1)  # the sweep in notebook 02: the ends never win
-    train_acc = {layer: top1_accuracy(model, train.zero_shot_prompts, train.answers, add={layer: fv})
-                 for layer in candidates}
-    layer = max(train_acc, key=train_acc.get)
-    zero = top1_accuracy(model, test.zero_shot_prompts, test.answers, add={layer: fv})
-    shuffled = top1_accuracy(model, test.corrupted_prompts, test.answers, add={layer: fv})
-    top5 = ", ".join(f"{l}.{h} ({effects[l, h]:+.3f})" for l, h in heads[:5])
-    return [
-        Row("top heads (layer.head, gain in P(answer))", "", top5),
-        Row(f"function vector: top-{k} heads, layer (chosen on train)", str(layer),
-            f"|FV| = {fv.norm():.0f}"),
-        Row("zero-shot + function vector", _pct(zero), f"layer {layer}"),
-        Row("shuffled-label ICL + function vector", _pct(shuffled), f"layer {layer}"),
-    ], effects
-
-
-def _write_figures(task: str, sweep: torch.Tensor, effects: torch.Tensor,
-                   out_dir: str | Path) -> list[Row]:
-    """Save the layer sweep and the head heatmap as PNG files; return rows naming them."""
-    import matplotlib.pyplot as plt
-
-    from fv_exercises.plotting import plot_head_heatmap, plot_layer_sweep
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    sweep_png, heads_png = out / f"{task}_layer_sweep.png", out / f"{task}_head_effects.png"
-    fig = plot_layer_sweep({task: sweep}, title=f"{task}: mean task vector added at each layer "
-                           "(train queries)")
-    fig.savefig(sweep_png, dpi=120)
-    plt.close(fig)
-    fig = plot_head_heatmap(effects, title=f"{task}: causal effect of each head")
-    fig.savefig(heads_png, dpi=120)
-    plt.close(fig)
-    return [Row("figure: layer sweep", "", str(sweep_png)),
-            Row("figure: head effects", "", str(heads_png))]
+def over_seeds(runs: list[list[Row]]) -> list[Row]:
+    """Rows of several seeds merged: numeric rows become ``mean ± sd`` over seeds (range noted)."""
+    merged = []
+    for rows in zip(*runs):
+        first = rows[0]
+        numbers = [r.number for r in rows]
+        if first.number is None or any(n is None for n in numbers):
+            merged.append(first)
+            continue
+        mean, sd = mean_and_spread(numbers)
+        as_pct = first.value.endswith("%")
+        fmt = (lambda x: f"{x:.0%}") if as_pct else (lambda x: f"{x:.1f}")
+        merged.append(Row(first.name, fmt(mean), f"sd {fmt(sd)}",
+                          f"min {fmt(min(numbers))}, max {fmt(max(numbers))} over {len(rows)} seeds",
+                          mean))
+    return merged
 
 
 def print_table(rows: list[Row], title: str) -> None:
-    """Print rows as an aligned plain-text table."""
+    """Print rows as an aligned plain-text table: name, value, interval, note."""
     width = max(len(r.name) for r in rows)
+    ival = max([len(r.interval) for r in rows] + [8])
     print(title)
-    print("-" * (width + 24))
+    print(f"{'':<{width}}  {'value':>6}  {'95% interval':<{ival}}  note")
+    print("-" * (width + ival + 30))
     for r in rows:
-        print(f"{r.name:<{width}}  {r.value:>6}  {r.note}")
+        if r.name.startswith("-- "):
+            print(r.name)
+            continue
+        print(f"{r.name:<{width}}  {r.value:>6}  {r.interval:<{ival}}  {r.note}".rstrip())
 
 
 def accuracy_table(model, n_test: int = N_TEST) -> list[tuple[str, float, float, float]]:
@@ -147,7 +100,7 @@ def write_accuracy_table(output: str | Path = "docs/task_accuracy.md") -> str:
         "",
         "| task | few-shot | shuffled labels | zero-shot |",
         "|---|---:|---:|---:|",
-    ] + [f"| {t} | {_pct(a)} | {_pct(s)} | {_pct(z)} |" for t, a, s, z in rows]
+    ] + [f"| {t} | {a:.0%} | {s:.0%} | {z:.0%} |" for t, a, s, z in rows]
     text = "\n".join(lines) + "\n"
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     Path(output).write_text(text)

@@ -5,11 +5,14 @@ from __future__ import annotations
 import re
 
 import pytest
+import torch
 
-from fv_exercises.checks import CheckFailure, check_find_task_vector, check_mean_task_vector
+from fv_exercises.checks import CheckFailure
+from fv_exercises.checks.task_vectors import check_find_task_vector, check_mean_task_vector
 from fv_exercises.reference.task_vectors import find_task_vector, mean_task_vector
 
-from wrong_01 import FIND_TASK_VECTOR, MEAN_TASK_VECTOR
+from wrong_01 import (FIND_TASK_VECTOR, FIND_TASK_VECTOR_CORRECT, MEAN_TASK_VECTOR,
+                      MEAN_TASK_VECTOR_CORRECT)
 
 
 def test_reference_find_task_vector_passes(model, capsys):
@@ -44,3 +47,33 @@ def test_check_recovers_from_leaked_hook(model):
     with pytest.raises(CheckFailure):
         check_find_task_vector(ftv_leaks_hook, model)
     check_find_task_vector(find_task_vector, model)
+
+
+@pytest.mark.parametrize("correct", FIND_TASK_VECTOR_CORRECT, ids=lambda f: f.__name__)
+def test_find_task_vector_accepts_other_correct_versions(model, correct):
+    check_find_task_vector(correct, model)
+
+
+@pytest.mark.parametrize("correct", MEAN_TASK_VECTOR_CORRECT, ids=lambda f: f.__name__)
+def test_mean_task_vector_accepts_other_correct_versions(model, correct):
+    check_mean_task_vector(correct, model)
+
+
+def test_weights_edited_in_place_are_restored(model):
+    from wrong_01 import ftv_edits_weights
+
+    before = next(model.parameters()).clone()
+    with pytest.raises(CheckFailure):
+        check_find_task_vector(ftv_edits_weights, model)
+    assert torch.equal(next(model.parameters()), before)
+    check_find_task_vector(find_task_vector, model)
+
+
+def test_visible_cases_mix_token_lengths(model):
+    """Padding must show: every list a visible case passes has prompts of different lengths."""
+    from fv_exercises.checks.core import mixed_lengths
+    from fv_exercises.checks.task_vectors import _MTV_CASES
+
+    for case in _MTV_CASES:
+        ps = case.mixed()
+        assert mixed_lengths(model, ps.prompts), case

@@ -7,10 +7,10 @@ import re
 import pytest
 
 from fv_exercises.checks import CheckFailure
-from fv_exercises.checks_layers import check_find_task_layer
+from fv_exercises.checks.layer_sweep import check_find_task_layer
 from fv_exercises.reference.layer_sweep import find_task_layer
 
-from wrong_02 import FIND_TASK_LAYER, ftl_seed_loop_correct
+from wrong_02 import FIND_TASK_LAYER, FIND_TASK_LAYER_CORRECT
 
 
 def test_reference_find_task_layer_passes(model, capsys):
@@ -21,9 +21,18 @@ def test_reference_find_task_layer_passes(model, capsys):
     assert captured.out.count("\n") == 1 and captured.err == ""
 
 
-def test_seed_style_loop_passes(model):
-    """One probe at a time (unbatched) gives exactly the reference's accuracies."""
-    check_find_task_layer(ftl_seed_loop_correct, model)
+@pytest.mark.parametrize("correct", FIND_TASK_LAYER_CORRECT, ids=lambda f: f.__name__)
+def test_other_correct_versions_pass(model, correct):
+    """One probe at a time (the seed's loop), or batched with each probe's own last index."""
+    check_find_task_layer(correct, model)
+
+
+def test_visible_probes_mix_token_lengths(model):
+    from fv_exercises.checks.core import mixed_lengths
+    from fv_exercises.checks.layer_sweep import _FTL_CASES, _case_inputs
+
+    for case in _FTL_CASES:
+        assert mixed_lengths(model, _case_inputs(case)[1]), case
 
 
 @pytest.mark.parametrize("wrong", list(FIND_TASK_LAYER), ids=lambda f: f.__name__)

@@ -7,10 +7,10 @@ import re
 import pytest
 
 from fv_exercises.checks import CheckFailure
-from fv_exercises.checks_heads import check_find_task_heads
+from fv_exercises.checks.heads import check_find_task_heads
 from fv_exercises.reference.heads import find_task_heads
 
-from wrong_03 import FIND_TASK_HEADS
+from wrong_03 import FIND_TASK_HEADS, FIND_TASK_HEADS_CORRECT
 
 
 def test_reference_find_task_heads_passes(model, capsys):
@@ -22,3 +22,17 @@ def test_reference_find_task_heads_passes(model, capsys):
 def test_find_task_heads_mistake_is_named(model, wrong):
     with pytest.raises(CheckFailure, match=re.escape(FIND_TASK_HEADS[wrong])):
         check_find_task_heads(wrong, model)
+
+
+@pytest.mark.parametrize("correct", FIND_TASK_HEADS_CORRECT, ids=lambda f: f.__name__)
+def test_other_correct_versions_pass(model, correct):
+    check_find_task_heads(correct, model)
+
+
+def test_visible_cases_scan_more_heads_than_a_top_10(model):
+    from fv_exercises.checks.core import mixed_lengths
+    from fv_exercises.checks.heads import _CASES, _layers
+
+    for case in _CASES:
+        assert len(_layers(model, case)) * model.cfg.n_heads > 10
+        assert mixed_lengths(model, case.mixed().corrupted_prompts), case

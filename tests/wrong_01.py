@@ -116,6 +116,42 @@ def ftv_stub(model, icl_prompt, zero_shot_prompt, layer):
     raise NotImplementedError()
 
 
+_CACHED = {}
+
+
+def ftv_global_cache(model, icl_prompt, zero_shot_prompt, layer):
+    """Computes h once and keeps it in a global: the second call (other prompt, layer) reuses it."""
+    if "h" not in _CACHED:
+        _, cache = model.run_with_cache(icl_prompt)
+        _CACHED["h"], _CACHED["layer"] = cache[_post(layer)][:, -1], layer
+    h, at = _CACHED["h"], _CACHED["layer"]
+
+    def hook(resid, hook):
+        resid[:, -1] += h
+        return resid
+
+    return model.run_with_hooks(zero_shot_prompt, fwd_hooks=[(_post(at), hook)])
+
+
+def ftv_returns_none(model, icl_prompt, zero_shot_prompt, layer):
+    _, cache = model.run_with_cache(icl_prompt)
+    h = cache[_post(layer)][:, -1]
+
+    def hook(resid, hook):
+        resid[:, -1] += h
+        return resid
+
+    model.run_with_hooks(zero_shot_prompt, fwd_hooks=[(_post(layer), hook)])  # forgot `return`
+
+
+def ftv_edits_weights(model, icl_prompt, zero_shot_prompt, layer):
+    """Correct logits, but it 'cleans up' by scaling a weight in place (and never undoes it)."""
+    out = ftv_correct_hooks_context(model, icl_prompt, zero_shot_prompt, layer)
+    with torch.no_grad():
+        next(model.parameters()).mul_(1.5)
+    return out
+
+
 FIND_TASK_VECTOR = {
     ftv_first_position: "FIRST position",
     ftv_all_positions: "EVERY position",
@@ -127,7 +163,53 @@ FIND_TASK_VECTOR = {
     ftv_returns_last_logits: "expected (1,",
     ftv_crashes: "raised",
     ftv_stub: "not implemented yet",
+    ftv_global_cache: "Something from the first call survives",
+    ftv_returns_none: "returned None",
+    ftv_edits_weights: "changed the model's weights in place",
 }
+
+
+# Correct, written differently from the reference: the check must accept every one.
+
+def ftv_correct_hooks_context(model, icl_prompt, zero_shot_prompt, layer):
+    """`with model.hooks(...)` instead of run_with_hooks; a clone instead of an in-place edit."""
+    _, cache = model.run_with_cache(icl_prompt)
+    h = cache[_post(layer)][0, -1]
+
+    def hook(resid, hook):
+        resid = resid.clone()
+        resid[:, -1] = resid[:, -1] + h
+        return resid
+
+    with model.hooks(fwd_hooks=[(_post(layer), hook)]):
+        return model(zero_shot_prompt)
+
+
+def ftv_correct_resid_pre_next(model, icl_prompt, zero_shot_prompt, layer):
+    """`hook_resid_pre` of block layer + 1 is the same tensor as `hook_resid_post` of layer."""
+    name = f"blocks.{layer + 1}.hook_resid_pre"
+    _, cache = model.run_with_cache(icl_prompt, names_filter=lambda n: n == name)
+    h = cache[name][:, -1]
+
+    def hook(resid, hook):
+        resid[:, -1] += h
+        return resid
+
+    return model.run_with_hooks(zero_shot_prompt, fwd_hooks=[(name, hook)])
+
+
+def ftv_correct_float64(model, icl_prompt, zero_shot_prompt, layer):
+    """The vector kept in float64; logits returned in float64."""
+    _, cache = model.run_with_cache(icl_prompt)
+    h = cache[_post(layer)][:, -1].double()
+
+    def hook(resid, hook):
+        return (resid.double() + torch.nn.functional.pad(h[:, None], (0, 0, resid.shape[1] - 1, 0))).float()
+
+    return model.run_with_hooks(zero_shot_prompt, fwd_hooks=[(_post(layer), hook)]).double()
+
+
+FIND_TASK_VECTOR_CORRECT = [ftv_correct_hooks_context, ftv_correct_resid_pre_next, ftv_correct_float64]
 
 
 # ---------------------------------------------------------------- mean_task_vector
@@ -191,3 +273,66 @@ MEAN_TASK_VECTOR = {
     mtv_fixed_count: "2 ICL prompts vs",
     mtv_keeps_batch_dim: "expected (576,)",
 }
+
+
+def mtv_batched_padding(model, icl_prompts, zero_shot_prompts, layer):
+    """One batch per list, `[:, -1]`: reads padding for every prompt shorter than the longest."""
+    def mean_last(prompts):
+        _, cache = model.run_with_cache(prompts)
+        return cache[_post(layer)][:, -1].mean(0)
+
+    return mean_last(icl_prompts) - mean_last(zero_shot_prompts)
+
+
+def mtv_unit_norm(model, icl_prompts, zero_shot_prompts, layer):
+    v = _states(model, icl_prompts, layer).mean(0) - _states(model, zero_shot_prompts, layer).mean(0)
+    return v / v.norm()
+
+
+_MTV_CACHE = {}
+
+
+def mtv_global_cache(model, icl_prompts, zero_shot_prompts, layer):
+    """Caches the zero-shot baseline in a global (expensive, so 'why compute it twice?')."""
+    if "baseline" not in _MTV_CACHE:
+        _MTV_CACHE["baseline"] = _states(model, zero_shot_prompts, layer).mean(0)
+    return _states(model, icl_prompts, layer).mean(0) - _MTV_CACHE["baseline"]
+
+
+MEAN_TASK_VECTOR.update({
+    mtv_batched_padding: "padded on the right",
+    mtv_unit_norm: "unit length",
+    mtv_global_cache: "Something from the first call survives",
+})
+
+
+def mtv_correct_batched(model, icl_prompts, zero_shot_prompts, layer):
+    """Batched, indexing each row at its own last real token."""
+    def mean_last(prompts):
+        tokens = model.to_tokens(prompts)  # right-padded
+        last = torch.tensor([model.to_tokens(p).shape[1] - 1 for p in prompts])
+        _, cache = model.run_with_cache(tokens)
+        return cache[_post(layer)][torch.arange(len(prompts)), last].mean(0)
+
+    return mean_last(icl_prompts) - mean_last(zero_shot_prompts)
+
+
+def mtv_correct_hooks_float64(model, icl_prompts, zero_shot_prompts, layer):
+    """Records states with a hook inside `with model.hooks(...)`, accumulates in float64."""
+    def mean_last(prompts):
+        total = torch.zeros(model.cfg.d_model, dtype=torch.float64)
+        for p in prompts:
+            seen = {}
+
+            def save(resid, hook):
+                seen["x"] = resid[0, -1].double()
+
+            with model.hooks(fwd_hooks=[(_post(layer), save)]):
+                model(p)
+            total += seen["x"]
+        return total / len(prompts)
+
+    return mean_last(icl_prompts) - mean_last(zero_shot_prompts)
+
+
+MEAN_TASK_VECTOR_CORRECT = [mtv_correct_batched, mtv_correct_hooks_float64]

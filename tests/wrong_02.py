@@ -120,3 +120,85 @@ FIND_TASK_LAYER = {
     ftl_leaks_hook: "left hooks registered",
     ftl_stub: "not implemented yet",
 }
+
+
+def ftl_batched_padding(model, icl_prompt, probes, answers):
+    """All probes in one batch, the vector added at and read from `[:, -1]`: padding for short ones."""
+    _, cache = model.run_with_cache(icl_prompt)
+    targets = torch.tensor([model.tokenizer.encode(" " + a, add_special_tokens=False)[0] for a in answers])
+    results = {}
+    for layer in range(model.cfg.n_layers):
+        h = cache[_post(layer)][0, -1]
+
+        def hook(resid, hook, h=h):
+            resid[:, -1] += h
+            return resid
+
+        logits = model.run_with_hooks(probes, fwd_hooks=[(_post(layer), hook)])
+        results[layer] = (logits[:, -1].argmax(-1) == targets).float().mean().item()
+    return results
+
+
+def ftl_bos_ids(model, icl_prompt, probes, answers):
+    """`tokenizer.encode(' ' + answer)[0]` is the BOS token on this tokenizer."""
+    _, cache = model.run_with_cache(icl_prompt)
+    results = {}
+    for layer in range(model.cfg.n_layers):
+        h = cache[_post(layer)][0, -1]
+        correct = 0
+        for probe, answer in zip(probes, answers):
+            def hook(resid, hook, h=h):
+                resid[:, -1] += h
+                return resid
+
+            logits = model.run_with_hooks(probe, fwd_hooks=[(_post(layer), hook)])
+            correct += int(logits[0, -1].argmax() == model.tokenizer.encode(" " + answer)[0])
+        results[layer] = correct / len(probes)
+    return results
+
+
+_RESULTS = {}
+
+
+def ftl_global_cache(model, icl_prompt, probes, answers):
+    """Memoises the whole sweep in a global, keyed by nothing."""
+    if "sweep" not in _RESULTS:
+        _RESULTS["sweep"] = ftl_seed_loop_correct(model, icl_prompt, probes, answers)
+    return _RESULTS["sweep"]
+
+
+def ftl_percent(model, icl_prompt, probes, answers):
+    return {l: 100 * v for l, v in ftl_seed_loop_correct(model, icl_prompt, probes, answers).items()}
+
+
+FIND_TASK_LAYER.update({
+    ftl_batched_padding: "padded on the right",
+    ftl_bos_ids: "special token",
+    ftl_global_cache: "survives into the next",
+    ftl_percent: "in percent",
+})
+
+
+def ftl_correct_batched_hooks_context(model, icl_prompt, probes, answers):
+    """Batched probes with each row's own last index, inside `with model.hooks(...)`."""
+    tokens = model.to_tokens(probes)
+    last = torch.tensor([model.to_tokens(p).shape[1] - 1 for p in probes])
+    rows = torch.arange(len(probes))
+    targets = torch.tensor([model.tokenizer.encode(" " + a, add_special_tokens=False)[0] for a in answers])
+    _, cache = model.run_with_cache(icl_prompt)
+    results = {}
+    for layer in range(model.cfg.n_layers):
+        h = cache[_post(layer)][0, -1].double()
+
+        def hook(resid, hook, h=h):
+            resid = resid.clone()
+            resid[rows, last] = (resid[rows, last].double() + h).float()
+            return resid
+
+        with model.hooks(fwd_hooks=[(_post(layer), hook)]):
+            logits = model(tokens)
+        results[layer] = float((logits[rows, last].argmax(-1) == targets).sum()) / len(probes)
+    return results
+
+
+FIND_TASK_LAYER_CORRECT = [ftl_seed_loop_correct, ftl_correct_batched_hooks_context]

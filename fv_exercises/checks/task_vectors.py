@@ -1,0 +1,215 @@
+"""Check cells of notebook 01 (task vectors): ``find_task_vector`` and ``mean_task_vector``.
+
+Shared machinery (calling the learner safely, comparing, naming mistakes) is in
+:mod:`fv_exercises.checks.core`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import torch
+from torch import Tensor
+
+from fv_exercises.checks.core import (
+    Case,
+    as_tensor,
+    call_learner,
+    compare,
+    padding_message,
+    quiet,
+    repeat_consistent,
+    stale_state_message,
+    token_lengths,
+)
+from fv_exercises.evaluation import resid_post_name as _post
+
+# --------------------------------------------------------------------------------------------
+# find_task_vector
+# --------------------------------------------------------------------------------------------
+
+# (visible, second call with other inputs); hidden cases are scored by nbgrader only.
+_FTV_CASES = (Case("antonym", seed=0, layer_fraction=0.65), Case("capitalize", seed=3, layer_fraction=0.5))
+_FTV_HIDDEN = (Case("present_past", seed=3, layer_fraction=0.4), Case("country_capital", seed=5, layer_fraction=0.9))
+
+
+def _add_state_variant(model, icl_prompt: str, zero_prompt: str, read: str, write: str,
+                       read_pos: int = -1, every_position: bool = False, scale: float = 1.0) -> Tensor:
+    """Logits of ``zero_prompt`` with the ICL state at hook ``read`` added at hook ``write``."""
+    _, cache = model.run_with_cache(icl_prompt, names_filter=lambda n: n == read)
+    h = cache[read][:, read_pos] * scale
+
+    def hook(resid: Tensor, hook=None) -> Tensor:
+        resid = resid.clone()
+        if every_position:
+            resid += h[:, None]
+        else:
+            resid[:, -1] += h
+        return resid
+
+    return model.run_with_hooks(zero_prompt, fwd_hooks=[(write, hook)])
+
+
+def _ftv_variants(model, icl: str, zero: str, layer: int) -> Iterator[tuple[str, Tensor]]:
+    """Known mistakes of ``find_task_vector`` and the logits they give (lazy, cheapest first)."""
+    yield ("no vector was added at all (the output equals the plain zero-shot run). Does your hook "
+           f"return the modified tensor, and is it registered on `blocks.{layer}.hook_resid_post`?",
+           model(zero))
+    yield ("h was taken from the FIRST position of the ICL prompt (index 0); the task is encoded "
+           "at the final position (index -1).",
+           _add_state_variant(model, icl, zero, _post(layer), _post(layer), read_pos=0))
+    yield ("h was added at EVERY position of the zero-shot prompt; add it at the final position "
+           "only.", _add_state_variant(model, icl, zero, _post(layer), _post(layer), every_position=True))
+    yield ("h was added twice (or doubled).",
+           _add_state_variant(model, icl, zero, _post(layer), _post(layer), scale=2.0))
+    # blocks.{l}.hook_resid_pre is the same tensor as blocks.{l-1}.hook_resid_post.
+    early = f" (or `hook_resid_pre`, which is the residual stream BEFORE block {layer})"
+    for other in (layer - 1, layer + 1):
+        if 0 <= other < model.cfg.n_layers:
+            hint = early if other == layer - 1 else ""
+            yield (f"h was read from layer {other}{hint}, not from `hook_resid_post` of layer "
+                   f"{layer} (off by one?).", _add_state_variant(model, icl, zero, _post(other), _post(layer)))
+            yield (f"h was added at layer {other}{hint}, not at `hook_resid_post` of layer {layer} "
+                   "(off by one?).", _add_state_variant(model, icl, zero, _post(layer), _post(other)))
+
+
+def _ftv_inputs(model, case: Case) -> tuple[str, str, int]:
+    ds = case.dataset()
+    return ds.prompts[0], ds.zero_shot_prompts[0], case.layer(model)
+
+
+def check_find_task_vector(fn: Callable, model, hidden: bool = False) -> None:
+    """Check ``find_task_vector(model, icl_prompt, zero_shot_prompt, layer) -> logits``.
+
+    Two cases, in order: the first is compared (and called twice: nothing may leak between runs),
+    the second has another prompt and layer (a value kept from the first call shows there).
+    """
+    from fv_exercises.reference.task_vectors import find_task_vector as reference
+
+    name = "find_task_vector"
+    cases = _FTV_HIDDEN if hidden else _FTV_CASES
+    with quiet():
+        first: tuple[Tensor, str] | None = None
+        for i, case in enumerate(cases):
+            icl, zero, layer = _ftv_inputs(model, case)
+            expected = reference(model, icl, zero, layer).float()
+            shape = tuple(expected.shape)
+            got = as_tensor(call_learner(fn, name, model, icl, zero, layer), name, shape,
+                            "logits [1, seq_len, d_vocab]")
+            context = f"task {case.task}, layer {layer}"
+            stale = stale_state_message(name, first[1], context) if first else None
+            compare(got, expected, lambda: _ftv_variants(model, icl, zero, layer), name, "logits",
+                    atol=1e-3, context=context, unexplained=stale)
+            if i == 0:
+                again = as_tensor(call_learner(fn, name, model, icl, zero, layer), name, shape, "logits")
+                repeat_consistent(got, again, name, atol=1e-3)
+                first = (got, context)
+    if not hidden:
+        case = cases[0]
+        print(f"find_task_vector matches the reference (task {case.task}, layer {case.layer(model)}, "
+              f"and a second prompt at layer {cases[1].layer(model)}).")
+
+
+# --------------------------------------------------------------------------------------------
+# mean_task_vector
+# --------------------------------------------------------------------------------------------
+
+# Prompts of different token lengths (3, 2 and 4 demonstrations; zero-shot queries of 7-9
+# tokens), so a batched version that reads [:, -1] of right-padded rows fails visibly.
+_MTV_CASES = (Case("lowercase", seed=3, layer_fraction=0.65, n_prompts=4),
+              Case("country_capital", seed=2, layer_fraction=0.5, n_prompts=3))
+_MTV_HIDDEN = (Case("country_capital", seed=7, layer_fraction=0.3, n_prompts=3),
+               Case("lowercase", seed=5, layer_fraction=0.8, n_prompts=5))
+
+
+def _final_states(model, prompts: list[str], hook_name: str, position: int = -1) -> Tensor:
+    """``[n, d_model]`` activation at ``hook_name``, ``position`` of each prompt (one at a time)."""
+    rows = []
+    for p in prompts:
+        _, cache = model.run_with_cache(p, names_filter=lambda n: n == hook_name)
+        rows.append(cache[hook_name][0, position])
+    return torch.stack(rows)
+
+
+def _padded_final_states(model, prompts: list[str], hook_name: str) -> Tensor:
+    """What a batched version gets: all prompts in one right-padded batch, position -1 of each row."""
+    _, cache = model.run_with_cache(prompts, names_filter=lambda n: n == hook_name)
+    return cache[hook_name][:, -1]
+
+
+def _mtv_variants(model, icl: list[str], zero: list[str], layer: int) -> Iterator[tuple[str, Tensor]]:
+    post = _post(layer)
+    a, b = _final_states(model, icl, post), _final_states(model, zero, post)
+    yield ("you returned the mean ICL state without subtracting the zero-shot mean.", a.mean(0))
+    yield "the subtraction is the wrong way round (zero-shot minus ICL).", b.mean(0) - a.mean(0)
+    yield ("you SUMMED over prompts instead of taking the mean.", a.sum(0) - b.sum(0))
+    n = len(icl)
+    yield (f"you divided both sums by the number of ICL prompts ({n}); divide each sum by the "
+           "length of its own list (or use `.mean(0)`).", (a.sum(0) - b.sum(0)) / n)
+    lengths = token_lengths(model, icl) + token_lengths(model, zero)
+    yield (padding_message("mean_task_vector", lengths),
+           _padded_final_states(model, icl, post).mean(0) - _padded_final_states(model, zero, post).mean(0))
+    yield ("you took the FIRST position of each prompt; use the final position (-1).",
+           _final_states(model, icl, post, 0).mean(0) - _final_states(model, zero, post, 0).mean(0))
+
+    def all_positions_mean(prompts: list[str]) -> Tensor:
+        return torch.stack([model.run_with_cache(p, names_filter=lambda n: n == post)[1][post][0].mean(0)
+                            for p in prompts])
+
+    yield ("you averaged over all positions of each prompt; use the final position only.",
+           all_positions_mean(icl).mean(0) - all_positions_mean(zero).mean(0))
+    for other in (layer - 1, layer + 1):
+        if 0 <= other < model.cfg.n_layers:
+            hint = f" (or `hook_resid_pre` of layer {layer}, which is the same tensor)" if other < layer else ""
+            yield (f"you read layer {other}{hint}, not `hook_resid_post` of layer {layer} (off by one?).",
+                   _final_states(model, icl, _post(other)).mean(0) - _final_states(model, zero, _post(other)).mean(0))
+
+
+def _mtv_scale_causes(n_icl: int, expected: Tensor) -> dict[float, str]:
+    causes = {float(n_icl): "you SUMMED over prompts instead of taking the mean"}
+    if expected.norm() > 0:
+        causes[1 / expected.norm().item()] = ("you normalised the vector to unit length; the "
+                                              "exercise asks for the raw mean difference")
+    return causes
+
+
+def check_mean_task_vector(fn: Callable, model, hidden: bool = False) -> None:
+    """Check ``mean_task_vector(model, icl_prompts, zero_shot_prompts, layer) -> [d_model]``.
+
+    Each case's prompts have different token lengths; the first case is called twice with the
+    same inputs (nothing may leak), then with 2 ICL prompts against all zero-shot prompts (a
+    fixed count shows); the second case has other prompts and another layer (state kept between
+    calls shows).
+    """
+    from fv_exercises.reference.task_vectors import mean_task_vector as reference
+
+    name = "mean_task_vector"
+    cases = _MTV_HIDDEN if hidden else _MTV_CASES
+    with quiet():
+        first: tuple[Tensor, str] | None = None
+        for i, case in enumerate(cases):
+            ps, layer = case.mixed(), case.layer(model)
+            icl, zero = ps.prompts, ps.zero_shot_prompts
+            expected = reference(model, icl, zero, layer).float()
+            shape = tuple(expected.shape)
+            got = as_tensor(call_learner(fn, name, model, icl, zero, layer), name, shape,
+                            "task vector [d_model]")
+            context = f"task {case.task}, {len(icl)} prompts, layer {layer}"
+            compare(got, expected, lambda: _mtv_variants(model, icl, zero, layer), name,
+                    "task vector", atol=1e-3, context=context,
+                    scale_causes=lambda: _mtv_scale_causes(len(icl), expected),
+                    unexplained=stale_state_message(name, first[1], context) if first else None)
+            if i == 0:
+                again = as_tensor(call_learner(fn, name, model, icl, zero, layer), name, shape, "task vector")
+                repeat_consistent(got, again, name, atol=1e-3)
+                first = (got, context)
+                # Different list lengths: a learner who divides by one fixed count fails here.
+                few = icl[:2]
+                uneven = as_tensor(call_learner(fn, name, model, few, zero, layer), name, shape, "task vector")
+                compare(uneven, reference(model, few, zero, layer).float(),
+                        lambda: _mtv_variants(model, few, zero, layer), name, "task vector",
+                        atol=1e-3, context=f"{context}, but 2 ICL prompts vs {len(zero)} zero-shot prompts")
+    if not hidden:
+        print(f"mean_task_vector matches the reference (tasks {cases[0].task} and {cases[1].task}, "
+              f"prompts of different lengths, layers {cases[0].layer(model)} and "
+              f"{cases[1].layer(model)}; |h| = {expected.norm():.1f}).")
