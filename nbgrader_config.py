@@ -14,9 +14,21 @@ c.CourseDirectory.course_id = "function-vectors"
 c.CourseDirectory.source_directory = "solutions"
 c.CourseDirectory.release_directory = "notebooks"
 
-# A notebook cell loads a 135M model and sweeps prompts: 30 s (the default) is too short on a
-# 2-core laptop when the model cache is cold (first conversion ~20 s).
+# Per-cell time limit while autograding (docs/instructors.md, "The per-cell time limit").
+# On a timeout nbgrader interrupts the kernel (interrupt_on_timeout, its default): the cell gets a
+# CellTimeoutError output, a grade cell scores zero, and the later cells still run and are graded.
+# The limit must never cut a correct cell short: the slowest grade cells take about 20 s on an idle
+# 2-core machine and took up to 2 minutes on one loaded 8x over (measured with
+# `python -m fv_exercises.bench grade`; a cold model cache adds ~20 s to the set-up cell). 300 s
+# is 10x the idle time and still covers a busy machine; a learner's endless loop costs 5 minutes
+# per hung cell. `python -m fv_exercises.course autograde` names timed-out cells; regrade one
+# student with a longer limit: `... autograde A --student ID --force --timeout 600`.
+c.Execute.interrupt_on_timeout = True
 c.Execute.timeout = 300
+# After an interrupt (or a cell printing a flood of output) nbclient waits this long for the
+# kernel's remaining output before it gives up on the whole submission; nbclient's 4 s is short
+# on a busy machine.
+c.Execute.iopub_timeout = 30
 
 # The learner stub nbgrader writes in place of each solution region.
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}

@@ -128,9 +128,30 @@ def bench_load(args: argparse.Namespace) -> None:
     print(f"[load] ratio cold/warm: {cold / warm:.1f}x")
 
 
-BENCHMARKS: dict[str, Callable[[argparse.Namespace], None]] = {"heads": bench_heads,
-                                                                "load": bench_load}
-_OPTIONS: list[Callable[[argparse.ArgumentParser], None]] = [_add_heads_options]
+def bench_generation(args: argparse.Namespace) -> None:
+    """30 new tokens with a vector added: KV cache vs re-running the sequence (notebook 06)."""
+    from fv_exercises.generation import bench_generation as run
+
+    run(args)
+
+
+def bench_grade(args: argparse.Namespace) -> None:
+    """Autograding a batch per notebook, with and without the grading reduction (minutes)."""
+    from fv_exercises.grading_bench import bench_grade as run
+
+    run(args)
+
+
+def _add_grade_options(parser: argparse.ArgumentParser) -> None:
+    from fv_exercises.grading_bench import add_grade_options
+
+    add_grade_options(parser)
+
+
+BENCHMARKS: dict[str, Callable[[argparse.Namespace], None]] = {
+    "heads": bench_heads, "load": bench_load, "generation": bench_generation, "grade": bench_grade}
+_DEFAULT = ["heads", "load", "generation"]  # `grade` autogrades whole batches: run it by name
+_OPTIONS: list[Callable[[argparse.ArgumentParser], None]] = [_add_heads_options, _add_grade_options]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m fv_exercises.bench", description="Timings and ratios against naive ways."
     )
     parser.add_argument(
-        "names", nargs="*", metavar="NAME", help=f"one of {', '.join(BENCHMARKS)} (default: all)"
+        "names", nargs="*", metavar="NAME", help=f"one of {', '.join(BENCHMARKS)} (default: {' '.join(_DEFAULT)})"
     )
     parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     parser.add_argument(
@@ -161,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     wait = os.environ.get("OMP_WAIT_POLICY", "unset")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
           f"OMP_WAIT_POLICY={wait}, load average {load:.2f}")
-    for name in args.names or list(BENCHMARKS):
+    for name in args.names or _DEFAULT:
         BENCHMARKS[name](args)
     return 0
 

@@ -11,6 +11,11 @@ place a reference solution is written. From them we generate:
 
 ``python -m fv_exercises.course build`` regenerates both; ``... course check`` fails when any
 generated file is stale (a test runs it).
+
+For instructors (``docs/instructors.md``): ``... course autograde ASSIGNMENT [--student ID]``
+grades submissions (:mod:`fv_exercises.autograding`), and ``... course nbgrader ARGS`` runs any
+nbgrader command with this environment's tools on ``PATH``. Both work on the current directory
+when it holds an ``nbgrader_config.py`` (as nbgrader does), else on this clone.
 """
 
 from __future__ import annotations
@@ -122,17 +127,51 @@ def stale_files() -> list[str]:
     return stale
 
 
+def _nbgrader_passthrough(args: list[str]) -> int:
+    """``nbgrader ARGS`` in the course directory, with this environment's tools on PATH."""
+    from fv_exercises.autograding import course_dir
+
+    return subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=course_dir(),
+                          env=tool_env()).returncode
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["nbgrader"]:  # everything after it goes to nbgrader untouched
+        return _nbgrader_passthrough(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m fv_exercises.course", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["build", "check"])
-    parser.add_argument("assignments", nargs="*", help="build only these (default: all)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("build", help="regenerate the learner notebooks and reference modules")
+    p.add_argument("assignments", nargs="*", help="build only these (default: all)")
+    sub.add_parser("check", help="fail if a generated file is stale")
+    p = sub.add_parser(
+        "autograde", help="instructor: nbgrader autograde, unreadable submissions scored zero, "
+        "one line per student (see docs/instructors.md)")
+    p.add_argument("assignment")
+    p.add_argument("--student", action="append", metavar="ID",
+                   help="grade only this student (repeatable; default: every submitted/ folder)")
+    p.add_argument("--force", action="store_true",
+                   help="grade again submissions that were autograded before")
+    p.add_argument("--timeout", type=int, metavar="SECONDS",
+                   help="per-cell limit for this run (default: nbgrader_config.py)")
+    sub.add_parser("nbgrader", help="instructor: run `nbgrader ARGS...` with this environment's "
+                   "tools on PATH (no need to activate .venv)")
     args = parser.parse_args(argv)
     if args.command == "build":
         build(args.assignments)
         print(f"regenerated {len(args.assignments or assignments())} assignment(s) into {RELEASE} "
               f"and {REFERENCE}")
         return 0
+    if args.command == "autograde":
+        from fv_exercises.autograding import autograde, course_dir, print_outcomes
+
+        extra = [f"--Execute.timeout={args.timeout}"] if args.timeout else []
+        outcomes = autograde(course_dir(), args.assignment, args.student, force=args.force,
+                             extra=extra)
+        print_outcomes(args.assignment, outcomes)
+        # Nonzero only when nbgrader itself failed on a readable submission: look at its log.
+        return 1 if any(o.problem.startswith(("nbgrader failed", "not graded")) for o in outcomes) else 0
     stale = stale_files()
     if stale:
         print("stale generated files (run `python -m fv_exercises.course build`):")

@@ -488,64 +488,295 @@ def function_vector(model, mean_z: Tensor, heads: Sequence[Head]) -> Tensor:
 # --------------------------------------------------------------------------------------------
 # 6. The course's function vector for a task
 # --------------------------------------------------------------------------------------------
+#
+# How the recipe below was chosen (on train queries only) and how it does on test queries and on
+# held-out words: docs/function_vectors.md, written by `python -m fv_exercises.recipe table`.
 
-FV_N_PROMPTS, FV_N_SCAN, FV_K = 16, 12, 10
-_FV_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+@dataclass(frozen=True)
+class FunctionVectorRecipe:
+    """How the course builds a task's function vector. Everything is drawn from **train** pairs.
+
+    1. Mean last-position ``z`` of every head over ``n_prompts`` clean few-shot prompts.
+    2. Causal effect of every head on the first ``n_scan`` of them with shuffled labels
+       (:func:`head_effects`); ``heads="task"`` ranks heads by the task's own effects,
+       ``heads="universal"`` by the mean effect over all shipped tasks (Todd et al., section 2.3).
+    3. For every candidate ``k`` (top-k heads), layer and scale, the vector
+       ``scale * sum of the top-k heads' mean outputs`` is added at that layer's last position of
+       ``n_select`` zero-shot **train** queries; the candidate with the best top-1 accuracy wins
+       (ties: the higher mean log-probability of the answer, then the earlier candidate).
+
+    Candidate layers are fractions of the depth (``layer_fractions``), so the recipe runs on a
+    model of any size. ``version`` is part of every disk-cache key: bump it when the code that
+    builds a vector changes.
+    """
+
+    heads: str = "task"
+    ks: tuple[int, ...] = (5, 10, 40)
+    layer_fractions: tuple[float, ...] = (0.07, 0.2, 0.33, 0.47, 0.6)  # layers 2, 6, 10, 14, 18 of 30
+    scales: tuple[float, ...] = (2.0, 4.0, 8.0)
+    n_prompts: int = 16
+    n_scan: int = 12
+    n_select: int = 24
+    version: int = 2
+
+    def layers(self, n_layers: int) -> list[int]:
+        """Candidate layers for a model with ``n_layers`` blocks (sorted, distinct)."""
+        return sorted({min(n_layers - 1, max(0, round(f * n_layers))) for f in self.layer_fractions})
+
+
+COURSE_RECIPE = FunctionVectorRecipe()
+SELECT_SEED_OFFSET = 10_000  # the draw of selection queries: train split, seed + this offset
+
+# kept for notebooks written against the first version of this section
+FV_N_PROMPTS, FV_N_SCAN, FV_K = COURSE_RECIPE.n_prompts, COURSE_RECIPE.n_scan, 10
 
 
 @dataclass(frozen=True)
 class TaskFunctionVector:
-    """What :func:`function_vector_for_task` built, with what it was built from."""
+    """What :func:`function_vector_for_task` built, with what it was built from.
+
+    ``vector`` is what gets added: ``scale * raw`` where ``raw`` (``[d_model]``) is the sum of the
+    mean outputs of ``heads``. ``train_accuracy[layer]`` is the best zero-shot accuracy on the
+    train selection queries at that candidate layer (over ``k`` and scale); ``train_grid`` has
+    every candidate ``(k, layer, scale) -> accuracy``.
+    """
 
     task: str
     vector: Tensor  # [d_model]
     layer: int
     heads: list[Head]
-    effects: Tensor  # [n_layers, n_heads], NaN where not scanned
-    train_accuracy: dict[int, float]  # zero-shot accuracy on train queries per candidate layer
+    effects: Tensor  # [n_layers, n_heads] ranking the heads (the task's or the universal), NaN where not scanned
+    train_accuracy: dict[int, float]
+    scale: float = 1.0
+    raw: Tensor | None = None  # [d_model], the unscaled sum of the heads' mean outputs
+    k: int = 0
+    train_grid: dict[tuple[int, int, float], float] | None = None
+    heads_from: str = "task"
+
+
+@dataclass(frozen=True)
+class TaskScan:
+    """One task's train statistics: ``mean_z`` ``[n_layers, n_heads, d_head]`` over clean prompts and
+    the causal ``effects`` ``[n_layers, n_heads]`` on shuffled-label prompts."""
+
+    task: str
+    mean_z: Tensor
+    effects: Tensor
+
+
+_SCANS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> {key: TaskScan}
+_UNIVERSAL: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> {key: Tensor}
+_FV_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> {key: TaskFunctionVector}
 
 
 def function_vector_for_task(model, task: str, seed: int = 0) -> tuple[Tensor, int]:
     """The course's function vector for ``task`` and the layer to add it at: ``([d_model], layer)``.
 
-    Built from **train** prompts only and deterministic for a given ``seed`` (the draw of train
-    prompts). See :func:`function_vector_details` for the recipe and what it chose.
+    Add the vector to ``blocks.{layer}.hook_resid_post`` at the last position (e.g.
+    ``top1_correct(model, prompts, answers, add={layer: vector})``). Built from **train** prompts
+    only, deterministic for a given ``seed`` (the draw of train prompts), cached in the process
+    and on disk. The recipe: :class:`FunctionVectorRecipe`; what it chose:
+    :func:`function_vector_details`.
     """
     details = function_vector_details(model, task, seed)
     return details.vector.clone(), details.layer
 
 
-def function_vector_details(model, task: str, seed: int = 0) -> TaskFunctionVector:
-    """Build (once per model, task and seed, then kept) the course's function vector for ``task``.
+def function_vector_details(model, task: str, seed: int = 0,
+                            recipe: FunctionVectorRecipe | None = None) -> TaskFunctionVector:
+    """Build (once per model, task, seed and recipe, then kept) a task's function vector.
 
-    Recipe: mean head outputs over ``FV_N_PROMPTS`` clean train prompts, the top-``FV_K`` heads by
-    causal effect on ``FV_N_SCAN`` shuffled-label train prompts, and the layer (among the middle
-    half of the network) where adding the vector gives the best zero-shot accuracy on the train
-    queries.
+    ``recipe`` defaults to the course's (:data:`COURSE_RECIPE`); pass another one to compare
+    (e.g. ``dataclasses.replace(COURSE_RECIPE, heads="universal")``).
     """
+    recipe = recipe or COURSE_RECIPE
     per_model = _FV_CACHE.setdefault(model, {})
-    key = (task, seed)
+    key = (task, seed, recipe)
     if key not in per_model:
-        from fv_exercises.evaluation import top1_correct
-        from fv_exercises.tasks import ICLDataset
-
-        train = ICLDataset.build(task, FV_N_PROMPTS, seed=seed, split="train")
-        mean_z = mean_head_z(model, train.prompts)
-        effects = head_effects(model, train.corrupted_prompts[:FV_N_SCAN],
-                               train.answers[:FV_N_SCAN], mean_z)
-        heads = top_heads(effects, FV_K)
-        fv = function_vector(model, mean_z, heads)
-        n = model.cfg.n_layers
-        candidates = range(n // 4, 3 * n // 4 + 1)
-        scores = {layer: top1_correct(model, train.zero_shot_prompts, train.answers,
-                                      add={layer: fv}).float().mean().item() for layer in candidates}
-        per_model[key] = TaskFunctionVector(task, fv, max(scores, key=scores.get), heads, effects,
-                                            scores)
+        tasks = _universe() if recipe.heads == "universal" else [task]
+        if task not in tasks:
+            tasks = tasks + [task]
+        parts = ("function_vector", task, seed, recipe, _task_data(tasks))
+        raw = _disk_cached(model, parts, lambda: _as_record(_build(model, task, seed, recipe)))
+        per_model[key] = _from_record(raw)
     return per_model[key]
 
 
+def task_scan(model, task: str, seed: int = 0,
+              recipe: FunctionVectorRecipe | None = None) -> TaskScan:
+    """Mean head ``z`` and causal head effects of ``task`` from train prompts (kept per model)."""
+    recipe = recipe or COURSE_RECIPE
+    per_model = _SCANS.setdefault(model, {})
+    key = (task, seed, recipe.n_prompts, recipe.n_scan)
+    if key not in per_model:
+        def compute() -> dict:
+            from fv_exercises.tasks import ICLDataset
+
+            train = ICLDataset.build(task, recipe.n_prompts, seed=seed, split="train")
+            mean_z = mean_head_z(model, train.prompts)
+            n = min(recipe.n_scan, len(train))
+            effects = head_effects(model, train.corrupted_prompts[:n], train.answers[:n], mean_z)
+            return {"mean_z": mean_z, "effects": effects}
+
+        parts = ("task_scan", task, seed, recipe.n_prompts, recipe.n_scan, _task_data([task]))
+        raw = _disk_cached(model, parts, compute)
+        per_model[key] = TaskScan(task, raw["mean_z"], raw["effects"])
+    return per_model[key]
+
+
+def universal_head_effects(model, seed: int = 0,
+                           recipe: FunctionVectorRecipe | None = None) -> Tensor:
+    """Mean over all shipped tasks of each head's causal effect: ``[n_layers, n_heads]``.
+
+    Todd et al. (section 2.3) rank heads by this average to find heads that carry *any* task.
+    """
+    recipe = recipe or COURSE_RECIPE
+    per_model = _UNIVERSAL.setdefault(model, {})
+    key = (seed, recipe.n_prompts, recipe.n_scan)
+    if key not in per_model:
+        per_model[key] = torch.stack(
+            [task_scan(model, t, seed, recipe).effects for t in _universe()]).mean(0)
+    return per_model[key]
+
+
+def _universe() -> list[str]:
+    from fv_exercises.tasks import task_names
+
+    return task_names()
+
+
+def _build(model, task: str, seed: int, recipe: FunctionVectorRecipe) -> TaskFunctionVector:
+    """The recipe, uncached."""
+    from fv_exercises.recipe import steered_scores
+    from fv_exercises.tasks import ICLDataset
+
+    scan = task_scan(model, task, seed, recipe)
+    if recipe.heads == "universal":
+        effects = universal_head_effects(model, seed, recipe)
+    elif recipe.heads == "task":
+        effects = scan.effects
+    else:
+        raise ValueError(f"recipe.heads must be 'task' or 'universal', not {recipe.heads!r}")
+    select = ICLDataset.build(task, recipe.n_select, seed=seed + SELECT_SEED_OFFSET, split="train")
+    candidates, variants, raws = [], [], {}
+    for k in recipe.ks:
+        raws[k] = function_vector(model, scan.mean_z, top_heads(effects, k))
+        for scale in recipe.scales:
+            for layer in recipe.layers(model.cfg.n_layers):
+                candidates.append((k, layer, float(scale)))
+                variants.append({layer: raws[k] * scale})
+    correct, logprob = steered_scores(model, select.zero_shot_prompts, select.answers, variants)
+    acc = correct.float().mean(1)  # [n_candidates]
+    lp = logprob.mean(1)
+    # best accuracy; ties broken by mean log-probability of the answer, then by candidate order
+    best = max(range(len(candidates)), key=lambda i: (acc[i].item(), lp[i].item(), -i))
+    k, layer, scale = candidates[best]
+    grid = {c: acc[i].item() for i, c in enumerate(candidates)}
+    per_layer = {}
+    for (_, l, _), a in grid.items():
+        per_layer[l] = max(per_layer.get(l, 0.0), a)
+    return TaskFunctionVector(task, raws[k] * scale, layer, top_heads(effects, k), effects,
+                              per_layer, scale, raws[k], k, grid, recipe.heads)
+
+
+# ---- disk cache ------------------------------------------------------------------------------
+
+DISK_CACHE_ENV = "FV_NO_DISK_CACHE"  # set to 1 to neither read nor write the disk cache
+
+
+def _task_data(tasks: Sequence[str]) -> str:
+    """A digest of the pairs of ``tasks`` (the cache is stale when the data changes)."""
+    import hashlib
+
+    from fv_exercises.tasks import load_task
+
+    h = hashlib.sha256()
+    for t in sorted(set(tasks)):
+        task = load_task(t)
+        h.update(repr((task.name, task.pairs)).encode())
+    return h.hexdigest()[:16]
+
+
+def model_fingerprint(model) -> str:
+    """A digest of the model's weights and of what shapes its prompts (tokenizer, BOS).
+
+    Per parameter: name, shape, sum, sum of squares and a strided sample of values; cheap (one
+    pass over the weights) and different for any edit that matters in practice.
+    """
+    import hashlib
+
+    h = hashlib.sha256()
+    hf = getattr(model, "original_model", model)
+    h.update(type(hf).__name__.encode())
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            flat = p.detach().flatten().float()
+            stats = torch.stack([flat.sum(), (flat * flat).sum()]).double()
+            sample = flat[:: max(1, flat.numel() // 256)]
+            h.update(f"{name}{tuple(p.shape)}".encode())
+            h.update(stats.numpy().tobytes())
+            h.update(sample.numpy().tobytes())
+    tok = model.tokenizer
+    h.update(f"{len(tok)}|{tok.encode('Q: hot  A: cold', add_special_tokens=False)}".encode())
+    h.update(f"bos={getattr(model.cfg, 'default_prepend_bos', None)}".encode())
+    return h.hexdigest()[:24]
+
+
+def disk_cache_dir() -> "Path":
+    """Where built function vectors are kept: ``cache_root() / "function_vectors"``."""
+    from fv_exercises.model import cache_root
+
+    return cache_root() / "function_vectors"
+
+
+def _disk_cached(model, parts: tuple, compute: Callable[[], dict]) -> dict:
+    """``compute()`` (a dict of tensors and plain values), kept on disk under a key made of the
+    model's fingerprint and ``parts``; written atomically (temporary file, then rename)."""
+    import hashlib
+    import os
+    import tempfile
+
+    if os.environ.get(DISK_CACHE_ENV):
+        return compute()
+    key = hashlib.sha256(repr((model_fingerprint(model), parts)).encode()).hexdigest()[:32]
+    folder = disk_cache_dir()
+    path = folder / f"{parts[0]}-{key}.pt"
+    if path.is_file():
+        try:
+            return torch.load(path, weights_only=True)
+        except Exception:  # unreadable (e.g. another torch version): rebuild it
+            pass
+    value = compute()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=folder)
+        os.close(fd)
+        torch.save(value, tmp)
+        os.replace(tmp, path)
+    except OSError:  # a read-only cache is not an error: the value is still correct
+        pass
+    return value
+
+
+def _as_record(fv: TaskFunctionVector) -> dict:
+    """A :class:`TaskFunctionVector` as plain tensors/lists/dicts (safe for ``weights_only``)."""
+    return {"task": fv.task, "vector": fv.vector, "layer": fv.layer, "heads": [list(h) for h in fv.heads],
+            "effects": fv.effects, "train_accuracy": dict(fv.train_accuracy), "scale": fv.scale,
+            "raw": fv.raw, "k": fv.k, "train_grid": [[*c, a] for c, a in (fv.train_grid or {}).items()],
+            "heads_from": fv.heads_from}
+
+
+def _from_record(r: dict) -> TaskFunctionVector:
+    grid = {(int(k), int(l), float(s)): float(a) for k, l, s, a in r["train_grid"]}
+    return TaskFunctionVector(r["task"], r["vector"], int(r["layer"]), [(int(l), int(h)) for l, h in r["heads"]],
+                              r["effects"], {int(l): float(a) for l, a in r["train_accuracy"].items()},
+                              float(r["scale"]), r["raw"], int(r["k"]), grid, r["heads_from"])
+
+
 def headline(ctx) -> list:
-    """Main-job rows for notebook 03: top heads, and the function vector on the test queries."""
+    """Main-job rows for notebook 03: top heads, and the course's function vector on the test
+    queries (few-shot accuracy for reference, a random vector of the same norm as the control)."""
     from fv_exercises.evaluation import top1_correct
     from fv_exercises.report import Row, accuracy_row, difference_row
     from fv_exercises.stats import accuracy, paired_difference
@@ -554,16 +785,20 @@ def headline(ctx) -> list:
     model, test = ctx.model, ctx.test
     fv = function_vector_details(model, ctx.task, ctx.seed)
     layer, effects = fv.layer, fv.effects
+    few = top1_correct(model, test.prompts, test.answers)
     zero = top1_correct(model, test.zero_shot_prompts, test.answers, add={layer: fv.vector})
     rnd = top1_correct(model, test.zero_shot_prompts, test.answers,
                        add={layer: random_like(fv.vector, ctx.seed)})
     shuffled = top1_correct(model, test.corrupted_prompts, test.answers, add={layer: fv.vector})
     top5 = ", ".join(f"{l}.{h} ({effects[l, h]:+.3f})" for l, h in fv.heads[:5])
+    ratio = zero.float().mean() / few.float().mean() if few.any() else float("nan")
     rows = [
         Row("top heads (layer.head, gain in P(answer))", "", "", top5),
-        Row(f"function vector: top-{len(fv.heads)} heads, layer (chosen on train)", str(layer), "",
-            f"|FV| = {fv.vector.norm():.0f}", float(layer)),
+        Row(f"function vector: top-{len(fv.heads)} {fv.heads_from} heads x {fv.scale:g}, layer",
+            str(layer), "", f"k, layer, scale chosen on train queries; |FV| = {fv.vector.norm():.0f}",
+            float(layer)),
         accuracy_row("zero-shot + function vector", accuracy(zero), f"layer {layer}"),
+        Row("  as a share of few-shot accuracy (same queries)", f"{ratio:.0%}", "", "", float(ratio)),
         accuracy_row("zero-shot + random vector, FV's norm", accuracy(rnd), "control"),
         difference_row("function vector - random vector (paired)", paired_difference(zero, rnd)),
         accuracy_row("shuffled-label ICL + function vector", accuracy(shuffled), f"layer {layer}"),
@@ -574,7 +809,8 @@ def headline(ctx) -> list:
 
         from fv_exercises.plotting import plot_head_heatmap
 
-        fig = plot_head_heatmap(effects, title=f"{ctx.task}: causal effect of each head")
+        scan = task_scan(model, ctx.task, ctx.seed)
+        fig = plot_head_heatmap(scan.effects, title=f"{ctx.task}: causal effect of each head")
         fig.savefig(path, dpi=120)
         plt.close(fig)
         rows.append(Row("figure: head effects", "", "", str(path)))

@@ -20,11 +20,17 @@ from fv_exercises.tasks import ICLDataset, task_names
 
 def _sections() -> list[tuple[str, Callable[[Context], list[Row]]]]:
     """(title, headline function) of every notebook, in course order (imported lazily)."""
-    from fv_exercises import heads, task_vectors
+    from fv_exercises import (ablation, arithmetic, generation, heads, nnsight_model, sycophancy,
+                              task_vectors)
 
     return [
         ("task vectors (notebooks 01-02)", task_vectors.headline),
         ("function-vector heads (notebook 03)", heads.headline),
+        ("function-vector arithmetic (notebook 04)", arithmetic.headline),
+        ("ablation (notebook 05)", ablation.headline),
+        ("generation and steering (notebook 06)", generation.headline),
+        ("nnsight vs TransformerLens (notebook 07)", nnsight_model.headline),
+        ("sycophancy capstone (notebook 08)", sycophancy.headline),
     ]
 
 

@@ -22,3 +22,10 @@ def _no_hooks_left(request):
         leaked = [name for name, hp in m.hook_dict.items() if hp._forward_hooks]
         m.reset_hooks()
         assert not leaked, f"hooks left registered on the shared model: {leaked[:5]}"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Long tests (marked ``notebook``) first: with several workers (``pytest -n 2``, as
+    scripts/test.sh runs) the short ones then fill the gaps instead of a long one running alone
+    at the end. The order is deterministic, as xdist requires."""
+    items.sort(key=lambda item: item.get_closest_marker("notebook") is None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import nbformat
@@ -30,6 +31,48 @@ def test_release_has_stubs_and_no_hidden_tests_or_solutions():
         source = nbformat.read(SOURCE / name / f"{name}.ipynb", as_version=4)
         graded = [c for c in source.cells if c.metadata.get("nbgrader", {}).get("grade")]
         assert graded, f"{name} has no graded cells"
+
+
+_REGION = re.compile(r"^\s*### BEGIN (SOLUTION|HIDDEN TESTS)\s*$(.*?)^\s*### END \1\s*$",
+                     re.MULTILINE | re.DOTALL)
+
+
+def _secret_lines(source: nbformat.NotebookNode) -> set[str]:
+    """Code lines that exist only inside solution or hidden-test regions of the source.
+
+    A line that also appears elsewhere in the source (an exploration cell, a docstring) is
+    public anyway and is not counted.
+    """
+    inside, outside = set(), set()
+    for cell in source.cells:
+        if cell.cell_type != "code":
+            continue
+        for match in _REGION.finditer(cell.source):
+            inside |= {line.strip() for line in match.group(2).splitlines()}
+        outside |= {line.strip() for line in _REGION.sub("", cell.source).splitlines()}
+    trivial = {"", "pass", "return", "else:", "try:", "finally:", ")", "]", "}"}
+    return {line for line in inside - outside
+            if line not in trivial and not line.startswith("#")}
+
+
+def test_release_contains_no_solution_or_hidden_test_line():
+    """Scan every release notebook (sources, outputs, metadata) for any line of a solution or a
+    hidden test, and for nbgrader's markers: nbgrader must have removed all of them."""
+    for name in assignments():
+        source = nbformat.read(SOURCE / name / f"{name}.ipynb", as_version=4)
+        secrets = _secret_lines(source)
+        assert secrets, f"{name}: no solution found in the source notebook"
+        release_text = (RELEASE / name / f"{name}.ipynb").read_text()
+        release = nbformat.reads(release_text, as_version=4)
+        lines = {line.strip() for cell in release.cells for line in cell.source.splitlines()}
+        leaked = sorted(secrets & lines)
+        assert not leaked, f"{name}: solution / hidden-test lines in the release: {leaked[:5]}"
+        assert not re.search(r"### (BEGIN|END) (SOLUTION|HIDDEN TESTS)", release_text), name
+        with_outputs = [i for i, c in enumerate(release.cells)
+                        if c.cell_type == "code" and (c.outputs or c.execution_count)]
+        assert not with_outputs, f"{name}: release cells with outputs (may show answers): {with_outputs}"
+        for folder in (RELEASE / name).rglob("*"):
+            assert folder.is_dir() or folder.suffix == ".ipynb", f"non-notebook file {folder}"
 
 
 def test_no_non_notebook_files_in_source_folders():

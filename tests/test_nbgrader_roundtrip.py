@@ -34,6 +34,16 @@ PLANTED_BUGS = {
                        'icl_cache[f"blocks.{layer}.hook_resid_post"][0, 0]', "test_find_task_layer"),
     "03_heads": ("find_task_heads", "z[:, -1, head] = mean_z[layer, head]",
                  "z[:, 0, head] = mean_z[layer, head]", "test_find_task_heads"),
+    "04_arithmetic": ("average_function_vector", 'cache[f"blocks.{layer}.attn.hook_z"][0, -1, head]',
+                      'cache[f"blocks.{layer}.attn.hook_z"][0, 0, head]', "test_average_function_vector"),
+    "05_ablation": ("ablate_function_vector", "fv_unit = fv / fv.norm()", "fv_unit = fv",
+                    "test_ablate_function_vector"),
+    "06_generation": ("generate_with_function_vector", "resid[:, -1] += fv", "resid[:, 0] += fv",
+                      "test_generate_with_function_vector"),
+    "07_nnsight": ("nnsight_task_vector_logits", "layers[layer].output[:, -1] += h_task",
+                   "layers[layer].output += h_task", "test_nnsight_task_vector_logits"),
+    "08_sycophancy": ("steered_agreement", "resid[:, start:] += steer", "resid[:, -1] += steer",
+                      "test_steered_agreement"),
 }
 _MARKER = re.compile(r"^\s*### (BEGIN|END) SOLUTION\s*$")
 
@@ -64,7 +74,9 @@ def _nbgrader(root: Path, *args: str) -> None:
                    capture_output=True, text=True)
 
 
-@pytest.fixture(scope="module", params=assignments())
+# one xdist group per assignment: its three tests share one autograde run, on one worker
+@pytest.fixture(scope="module",
+                params=[pytest.param(a, marks=pytest.mark.xdist_group(a)) for a in assignments()])
 def graded(request, tmp_path_factory):
     """Autograde the three submissions of one assignment; return (assignment, gradebook path)."""
     name = request.param

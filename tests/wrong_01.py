@@ -163,7 +163,7 @@ FIND_TASK_VECTOR = {
     ftv_returns_last_logits: "expected (1,",
     ftv_crashes: "raised",
     ftv_stub: "not implemented yet",
-    ftv_global_cache: "Something from the first call survives",
+    ftv_global_cache: "survives into the next",
     ftv_returns_none: "returned None",
     ftv_edits_weights: "changed the model's weights in place",
 }
@@ -302,7 +302,7 @@ def mtv_global_cache(model, icl_prompts, zero_shot_prompts, layer):
 MEAN_TASK_VECTOR.update({
     mtv_batched_padding: "padded on the right",
     mtv_unit_norm: "unit length",
-    mtv_global_cache: "Something from the first call survives",
+    mtv_global_cache: "survives into the next",
 })
 
 

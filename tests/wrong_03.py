@@ -5,24 +5,46 @@ from __future__ import annotations
 import torch
 
 
+_BASE_CACHE = {}
+
+
 def _scan(model, mean_z, prompts, answers, layers, pos=-1, use_prob=True, subtract=True,
-          reduce="mean", space=" ", edit_mean=False, ascending=False):
+          reduce="mean", space=" ", edit_mean=False, ascending=False, hits=False, bos=False,
+          cache_base=False):
+    """The seed's scan with one mistake switched on. Written batched (row h of a layer's batch
+    patches head h) only to keep the tests fast: the numbers equal the one-head-at-a-time loop."""
+    H = model.cfg.n_heads
     ids = [model.tokenizer.encode(space + a, add_special_tokens=False)[0] for a in answers]
-    score = (lambda lg, i: lg[0, -1].softmax(-1)[i]) if use_prob else (lambda lg, i: lg[0, -1, i])
-    base = [score(model(p), i) for p, i in zip(prompts, ids)]
+    if bos:  # `tokenizer.encode(' ' + answer)[0]`: with special tokens, index 0 is BOS
+        ids = [model.tokenizer.encode(space + a)[0] for a in answers]
+    if hits:
+        score = lambda lg, i: (lg[:, -1].argmax(-1) == i).float()  # noqa: E731
+    elif use_prob:
+        score = lambda lg, i: lg[:, -1].softmax(-1)[:, i]  # noqa: E731
+    else:
+        score = lambda lg, i: lg[:, -1, i]  # noqa: E731
     effects = {}
     for layer in layers:
-        for head in range(model.cfg.n_heads):
-            def patch(z, hook):
+        gains = []
+        for p, i in zip(prompts, ids):
+            tokens = model.to_tokens(p)
+            if cache_base:  # memoised across calls, keyed by the prompt's position only
+                base = _BASE_CACHE.setdefault(len(gains), score(model(tokens), i))
+            else:
+                base = score(model(tokens), i)
+
+            def patch(z, hook, layer=layer):
                 if edit_mean:
-                    mean_z[layer, head] *= 1.0001  # "normalises" the stored means in place
-                z[:, pos, head] = mean_z[layer, head]
+                    mean_z[layer] *= 1.0001  # "normalises" the stored means in place
+                value = mean_z[layer][:, None] if isinstance(pos, slice) else mean_z[layer]
+                z[torch.arange(H), pos, torch.arange(H)] = value
                 return z
 
-            gains = torch.stack([score(model.run_with_hooks(
-                p, fwd_hooks=[(f"blocks.{layer}.attn.hook_z", patch)]), i) - (b if subtract else 0)
-                for p, i, b in zip(prompts, ids, base)])
-            effects[(layer, head)] = (gains.mean() if reduce == "mean" else gains.sum()).item()
+            patched = score(model.run_with_hooks(tokens.repeat(H, 1), fwd_hooks=[(f"blocks.{layer}.attn.hook_z", patch)]), i)
+            gains.append(patched - (base if subtract else 0))
+        g = torch.stack(gains)  # [n_prompts, H]
+        for head in range(H):
+            effects[(layer, head)] = (g[:, head].mean() if reduce == "mean" else g[:, head].sum()).item()
     return sorted(effects.items(), key=lambda kv: kv[1] if ascending else -kv[1])
 
 
@@ -86,35 +108,11 @@ def fth_top10(model, mean_z, prompts, answers, layers=None):
 
 
 def fth_bos_ids(model, mean_z, prompts, answers, layers=None):
-    ids = [model.tokenizer.encode(" " + a)[0] for a in answers]  # [BOS, ...][0]: the BOS id
-    base = [model(p)[0, -1].softmax(-1)[i] for p, i in zip(prompts, ids)]
-    effects = {}
-    for layer in layers:
-        for head in range(model.cfg.n_heads):
-            def patch(z, hook, layer=layer, head=head):
-                z[:, -1, head] = mean_z[layer, head]
-                return z
-
-            gains = [model.run_with_hooks(p, fwd_hooks=[(f"blocks.{layer}.attn.hook_z", patch)])[0, -1]
-                     .softmax(-1)[i] - b for p, i, b in zip(prompts, ids, base)]
-            effects[(layer, head)] = torch.stack(gains).mean().item()
-    return sorted(effects.items(), key=lambda kv: -kv[1])
+    return _scan(model, mean_z, prompts, answers, layers, bos=True)
 
 
 def fth_argmax_hits(model, mean_z, prompts, answers, layers=None):
-    ids = [model.tokenizer.encode(" " + a, add_special_tokens=False)[0] for a in answers]
-    base = [float(model(p)[0, -1].argmax() == i) for p, i in zip(prompts, ids)]
-    effects = {}
-    for layer in layers:
-        for head in range(model.cfg.n_heads):
-            def patch(z, hook, layer=layer, head=head):
-                z[:, -1, head] = mean_z[layer, head]
-                return z
-
-            hits = [float(model.run_with_hooks(p, fwd_hooks=[(f"blocks.{layer}.attn.hook_z", patch)])[0, -1]
-                          .argmax() == i) - b for p, i, b in zip(prompts, ids, base)]
-            effects[(layer, head)] = sum(hits) / len(hits)
-    return sorted(effects.items(), key=lambda kv: -kv[1])
+    return _scan(model, mean_z, prompts, answers, layers, hits=True)
 
 
 def fth_batched_padding(model, mean_z, prompts, answers, layers=None):
@@ -134,26 +132,9 @@ def fth_batched_padding(model, mean_z, prompts, answers, layers=None):
     return sorted(effects.items(), key=lambda kv: -kv[1])
 
 
-_SEEN = {}
-
-
 def fth_global_cache(model, mean_z, prompts, answers, layers=None):
     """Memoises the corrupted baseline probabilities across calls."""
-    if "base" not in _SEEN:
-        ids = [model.tokenizer.encode(" " + a, add_special_tokens=False)[0] for a in answers]
-        _SEEN["base"] = [model(p)[0, -1].softmax(-1)[i] for p, i in zip(prompts, ids)]
-    ids = [model.tokenizer.encode(" " + a, add_special_tokens=False)[0] for a in answers]
-    effects = {}
-    for layer in layers:
-        for head in range(model.cfg.n_heads):
-            def patch(z, hook, layer=layer, head=head):
-                z[:, -1, head] = mean_z[layer, head]
-                return z
-
-            gains = [model.run_with_hooks(p, fwd_hooks=[(f"blocks.{layer}.attn.hook_z", patch)])[0, -1]
-                     .softmax(-1)[i] - b for p, i, b in zip(prompts, ids, _SEEN["base"])]
-            effects[(layer, head)] = torch.stack(gains).mean().item()
-    return sorted(effects.items(), key=lambda kv: -kv[1])
+    return _scan(model, mean_z, prompts, answers, layers, cache_base=True)
 
 
 FIND_TASK_HEADS.update({

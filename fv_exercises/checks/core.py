@@ -122,19 +122,33 @@ def _fingerprint(model) -> Tensor:
 class _Pristine:
     """The model's weights as loaded, to detect and undo a learner's in-place edit.
 
-    The fingerprint is taken when the model is first guarded. For a model loaded from a
-    safetensors folder (the embedded model), restoring re-reads that file; otherwise a copy of
-    the weights taken at the first guard is kept (only for such models).
+    For a model loaded from a safetensors folder (the embedded model), the fingerprint is taken
+    from that file and restoring re-reads it, so an edit made before the first check is caught
+    too. Otherwise the fingerprint and a copy of the weights are taken at the first guard.
     """
 
     def __init__(self, model):
-        self.fingerprint = _fingerprint(model)
         self.source = getattr(model, "fv_weights_file", None)
         self.copy = None if self.source else [p.detach().clone() for p in model.parameters()]
+        self.fingerprint = self._file_fingerprint(model) if self.source else _fingerprint(model)
+
+    def _file_fingerprint(self, model) -> Tensor:
+        """:func:`_fingerprint` of the weights as stored (live values for names not in the file)."""
+        from safetensors.torch import load_file
+
+        saved, live = load_file(str(self.source)), _fingerprint(model)
+        rows = []
+        for i, (name, _) in enumerate(model.named_parameters()):
+            w = _saved_weight(saved, name)
+            rows.append(live[i] if w is None else torch.stack([w.double().sum(), w.double().abs().sum()]))
+        return torch.stack(rows)
 
     def changed(self, model) -> list[str]:
         now = _fingerprint(model)
-        bad = (now - self.fingerprint).abs().amax(-1) > 1e-6 * (1 + self.fingerprint.abs().amax(-1))
+        diff = (now - self.fingerprint).abs().amax(-1)
+        # `not <=` rather than `>`: a weight set to NaN or inf gives a NaN difference, which
+        # compares False with everything and would otherwise pass for "unchanged".
+        bad = ~(diff <= 1e-6 * (1 + self.fingerprint.abs().amax(-1)))
         names = [n for n, _ in model.named_parameters()]
         return [_short_param_name(names[i]) for i in bad.nonzero().flatten().tolist()]
 
@@ -148,11 +162,17 @@ class _Pristine:
 
             saved = load_file(str(self.source))
             for name, p in model.named_parameters():
-                key = _short_param_name(name)
-                if key in saved:
-                    p.copy_(saved[key].to(p.dtype))
-                elif key.replace("lm_head", "model.embed_tokens") in saved:  # tied embeddings
-                    p.copy_(saved[key.replace("lm_head", "model.embed_tokens")].to(p.dtype))
+                w = _saved_weight(saved, name)
+                if w is not None:
+                    p.copy_(w.to(p.dtype))
+
+
+def _saved_weight(saved: Mapping[str, Tensor], name: str) -> Tensor | None:
+    """The stored tensor of the bridge parameter ``name`` (tied embeddings included), if any."""
+    key = _short_param_name(name)
+    if key in saved:
+        return saved[key]
+    return saved.get(key.replace("lm_head", "model.embed_tokens"))  # tied embeddings
 
 
 def _short_param_name(name: str) -> str:
@@ -178,9 +198,16 @@ def reset_global_state() -> None:
 
 
 @contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """No warnings (they go to stderr), no autograd, float32 default dtype while checking."""
+def quiet(*models) -> Iterator[None]:
+    """No warnings (they go to stderr), no autograd, float32 default dtype while checking.
+
+    Each model passed is guarded first (:func:`guard_model`): a check computes the reference
+    before it calls the learner, and the reference must run on the real model even when an
+    earlier cell left a hook registered or edited the weights. Checks use ``with quiet(model):``.
+    """
     reset_global_state()
+    for model in models:
+        guard_model(model)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         yield

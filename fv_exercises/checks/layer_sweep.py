@@ -45,8 +45,8 @@ _REFERENCE_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def _case_inputs(case: Case) -> tuple[str, list[str], list[str]]:
-    ps = case.mixed()
-    return ps.prompts[0], ps.zero_shot_prompts, ps.answers
+    ds = case.dataset()
+    return ds.prompts[0], list(ds.zero_shot_prompts), list(ds.answers)
 
 
 def _reference(model, case: Case) -> dict[int, float]:
@@ -174,6 +174,20 @@ def _variants(model, icl: str, probes: list[str], answers: list[str],
            "at the final position (-1)."), first_position(resid_post_name)
 
 
+_MISTAKES_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _known_mistakes(model, icl: str, probes: list[str], answers: list[str],
+                    ref: list[float]) -> list[tuple[str, list[float | None]]]:
+    """:func:`_variants`, computed once per model and inputs (a second wrong attempt on the same
+    case, or the next wrong version a test tries, costs nothing; weights are guarded)."""
+    per_model = _MISTAKES_CACHE.setdefault(model, {})
+    key = (icl, tuple(probes), tuple(answers))
+    if key not in per_model:
+        per_model[key] = list(_variants(model, icl, probes, answers, ref))
+    return per_model[key]
+
+
 def _matches(got: list[float], variant: list[float | None]) -> bool:
     pairs = [(g, v) for g, v in zip(got, variant) if v is not None]
     return all(abs(g - v) <= _ATOL for g, v in pairs)
@@ -193,7 +207,7 @@ def _explain(name: str, got: dict[int, float], ref: dict[int, float], model, icl
         return f"{head}\n" + describe_scale(k, {
             float(n): f"accuracy as a COUNT of correct probes; divide by the number of probes ({n})",
             100.0: "accuracy in percent; return a fraction between 0 and 1"})
-    matching = [d for d, variant in _variants(model, icl, probes, answers, ref_list)
+    matching = [d for d, variant in _known_mistakes(model, icl, probes, answers, ref_list)
                 if _matches(got_list, variant)]
     if len(matching) == 1:
         return f"{head}\nYour output matches a common mistake: {matching[0]}"

@@ -88,7 +88,7 @@ def check_find_task_vector(fn: Callable, model, hidden: bool = False) -> None:
 
     name = "find_task_vector"
     cases = _FTV_HIDDEN if hidden else _FTV_CASES
-    with quiet():
+    with quiet(model):
         first: tuple[Tensor, str] | None = None
         for i, case in enumerate(cases):
             icl, zero, layer = _ftv_inputs(model, case)
@@ -114,21 +114,12 @@ def check_find_task_vector(fn: Callable, model, hidden: bool = False) -> None:
 # mean_task_vector
 # --------------------------------------------------------------------------------------------
 
-# Prompts of different token lengths (3, 2 and 4 demonstrations; zero-shot queries of 7-9
+# Prompts of different token lengths (2, 1 and 3 demonstrations; zero-shot queries of 6-9
 # tokens), so a batched version that reads [:, -1] of right-padded rows fails visibly.
-_MTV_CASES = (Case("lowercase", seed=3, layer_fraction=0.65, n_prompts=4),
-              Case("country_capital", seed=2, layer_fraction=0.5, n_prompts=3))
+_MTV_CASES = (Case("lowercase", seed=3, layer_fraction=0.65, n_prompts=4, n_shots=2),
+              Case("country_capital", seed=2, layer_fraction=0.5, n_prompts=3, n_shots=2))
 _MTV_HIDDEN = (Case("country_capital", seed=7, layer_fraction=0.3, n_prompts=3),
                Case("lowercase", seed=5, layer_fraction=0.8, n_prompts=5))
-
-
-def _final_states(model, prompts: list[str], hook_name: str, position: int = -1) -> Tensor:
-    """``[n, d_model]`` activation at ``hook_name``, ``position`` of each prompt (one at a time)."""
-    rows = []
-    for p in prompts:
-        _, cache = model.run_with_cache(p, names_filter=lambda n: n == hook_name)
-        rows.append(cache[hook_name][0, position])
-    return torch.stack(rows)
 
 
 def _padded_final_states(model, prompts: list[str], hook_name: str) -> Tensor:
@@ -137,32 +128,47 @@ def _padded_final_states(model, prompts: list[str], hook_name: str) -> Tensor:
     return cache[hook_name][:, -1]
 
 
+def _all_states(model, prompts: list[str], layers: list[int]) -> dict[int, list[Tensor]]:
+    """``{layer: [resid_post of prompt i, [seq_i, d_model]]}``: one forward pass per prompt."""
+    names = {_post(l) for l in layers}
+    out: dict[int, list[Tensor]] = {l: [] for l in layers}
+    for p in prompts:
+        _, cache = model.run_with_cache(p, names_filter=lambda n: n in names)
+        for l in layers:
+            out[l].append(cache[_post(l)][0])
+    return out
+
+
 def _mtv_variants(model, icl: list[str], zero: list[str], layer: int) -> Iterator[tuple[str, Tensor]]:
-    post = _post(layer)
-    a, b = _final_states(model, icl, post), _final_states(model, zero, post)
+    """Known mistakes of ``mean_task_vector``, all derived from one run per prompt (and, for
+    padding, one batched run per list)."""
+    layers = [l for l in (layer - 1, layer, layer + 1) if 0 <= l < model.cfg.n_layers]
+    A, B = _all_states(model, icl, layers), _all_states(model, zero, layers)
+
+    def mean_at(states: list[Tensor], pos: int) -> Tensor:
+        return torch.stack([s[pos] for s in states]).mean(0)
+
+    a, b = torch.stack([s[-1] for s in A[layer]]), torch.stack([s[-1] for s in B[layer]])
     yield ("you returned the mean ICL state without subtracting the zero-shot mean.", a.mean(0))
     yield "the subtraction is the wrong way round (zero-shot minus ICL).", b.mean(0) - a.mean(0)
     yield ("you SUMMED over prompts instead of taking the mean.", a.sum(0) - b.sum(0))
     n = len(icl)
     yield (f"you divided both sums by the number of ICL prompts ({n}); divide each sum by the "
            "length of its own list (or use `.mean(0)`).", (a.sum(0) - b.sum(0)) / n)
-    lengths = token_lengths(model, icl) + token_lengths(model, zero)
-    yield (padding_message("mean_task_vector", lengths),
-           _padded_final_states(model, icl, post).mean(0) - _padded_final_states(model, zero, post).mean(0))
     yield ("you took the FIRST position of each prompt; use the final position (-1).",
-           _final_states(model, icl, post, 0).mean(0) - _final_states(model, zero, post, 0).mean(0))
-
-    def all_positions_mean(prompts: list[str]) -> Tensor:
-        return torch.stack([model.run_with_cache(p, names_filter=lambda n: n == post)[1][post][0].mean(0)
-                            for p in prompts])
-
+           mean_at(A[layer], 0) - mean_at(B[layer], 0))
     yield ("you averaged over all positions of each prompt; use the final position only.",
-           all_positions_mean(icl).mean(0) - all_positions_mean(zero).mean(0))
-    for other in (layer - 1, layer + 1):
-        if 0 <= other < model.cfg.n_layers:
+           torch.stack([s.mean(0) for s in A[layer]]).mean(0)
+           - torch.stack([s.mean(0) for s in B[layer]]).mean(0))
+    for other in layers:
+        if other != layer:
             hint = f" (or `hook_resid_pre` of layer {layer}, which is the same tensor)" if other < layer else ""
             yield (f"you read layer {other}{hint}, not `hook_resid_post` of layer {layer} (off by one?).",
-                   _final_states(model, icl, _post(other)).mean(0) - _final_states(model, zero, _post(other)).mean(0))
+                   mean_at(A[other], -1) - mean_at(B[other], -1))
+    lengths = token_lengths(model, icl) + token_lengths(model, zero)
+    post = _post(layer)
+    yield (padding_message("mean_task_vector", lengths),
+           _padded_final_states(model, icl, post).mean(0) - _padded_final_states(model, zero, post).mean(0))
 
 
 def _mtv_scale_causes(n_icl: int, expected: Tensor) -> dict[float, str]:
@@ -185,7 +191,7 @@ def check_mean_task_vector(fn: Callable, model, hidden: bool = False) -> None:
 
     name = "mean_task_vector"
     cases = _MTV_HIDDEN if hidden else _MTV_CASES
-    with quiet():
+    with quiet(model):
         first: tuple[Tensor, str] | None = None
         for i, case in enumerate(cases):
             ps, layer = case.mixed(), case.layer(model)

@@ -1,0 +1,98 @@
+"""Notebook 08's checks: the reference passes, each plausible mistake fails with its message, and
+correct implementations written differently pass."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from fv_exercises.checks import CheckFailure
+from fv_exercises.checks.sycophancy import check_steered_agreement, check_sycophancy_vector
+from fv_exercises.reference.sycophancy import steered_agreement, sycophancy_vector
+
+from wrong_08 import (STEERED_AGREEMENT, STEERED_AGREEMENT_CORRECT, SYCOPHANCY_VECTOR,
+                      SYCOPHANCY_VECTOR_CORRECT)
+
+
+def test_reference_sycophancy_vector_passes(model, capsys):
+    check_sycophancy_vector(sycophancy_vector, model)
+    check_sycophancy_vector(sycophancy_vector, model, hidden=True)
+    assert "matches the reference" in capsys.readouterr().out
+
+
+def test_reference_steered_agreement_passes(model, capsys):
+    check_steered_agreement(steered_agreement, model)
+    check_steered_agreement(steered_agreement, model, hidden=True)
+    assert "matches the reference" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("wrong", list(SYCOPHANCY_VECTOR), ids=lambda f: f.__name__)
+def test_sycophancy_vector_mistake_is_named(model, wrong):
+    with pytest.raises(CheckFailure, match=re.escape(SYCOPHANCY_VECTOR[wrong])):
+        check_sycophancy_vector(wrong, model)
+
+
+@pytest.mark.parametrize("wrong", list(STEERED_AGREEMENT), ids=lambda f: f.__name__)
+def test_steered_agreement_mistake_is_named(model, wrong):
+    with pytest.raises(CheckFailure, match=re.escape(STEERED_AGREEMENT[wrong])):
+        check_steered_agreement(wrong, model)
+    assert not any(hp._forward_hooks for hp in model.hook_dict.values()), "check left hooks behind"
+
+
+@pytest.mark.parametrize("correct", SYCOPHANCY_VECTOR_CORRECT, ids=lambda f: f.__name__)
+def test_sycophancy_vector_accepts_other_correct_versions(model, correct):
+    check_sycophancy_vector(correct, model)
+
+
+@pytest.mark.parametrize("correct", STEERED_AGREEMENT_CORRECT, ids=lambda f: f.__name__)
+def test_steered_agreement_accepts_other_correct_versions(model, correct):
+    check_steered_agreement(correct, model)
+
+
+def test_check_recovers_from_leaked_hook(model):
+    """After a learner's leaked hook, the next check of a correct function still passes."""
+    from wrong_08 import sa_leaks_hook
+
+    with pytest.raises(CheckFailure):
+        check_steered_agreement(sa_leaks_hook, model)
+    check_steered_agreement(steered_agreement, model)
+
+
+def test_visible_cases_mix_token_lengths(model):
+    """Padding must show: every prompt list a visible case passes has different token lengths."""
+    from fv_exercises.checks.core import mixed_lengths
+    from fv_exercises.checks.sycophancy import _SA_CASES, _SV_CASES
+
+    for case in _SV_CASES:
+        syc, honest, _ = case.inputs(model)
+        assert mixed_lengths(model, syc) and mixed_lengths(model, honest), case
+    for case in _SA_CASES:
+        assert mixed_lengths(model, case.prompts(model).texts), case
+
+
+def test_steering_case_moves_the_answer(model):
+    """The visible steering case must be one where steering matters, or mistakes would not show."""
+    from fv_exercises.checks.sycophancy import _SA_CASES, _REFERENCE, _sa_variants
+
+    check_steered_agreement(steered_agreement, model)
+    case = _SA_CASES[0]
+    expected = _REFERENCE[model][("sa", case)]
+    vector = _REFERENCE[model][("vec", case)]
+    prompts = case.prompts(model)
+    layer = int(round(case.layer_fraction * (model.cfg.n_layers - 1)))
+    unsteered = next(_sa_variants(model, prompts, vector, layer, case.multiplier))[1]
+    assert (expected - unsteered).abs().max() > 0.05
+
+
+@pytest.mark.parametrize("family", ["gpt2", "qwen2"])
+def test_checks_pass_reference_on_tiny_models(family, tmp_path):
+    """The checks (and their cases) run on other architectures: the reference passes."""
+    from fv_exercises import load_model
+    from tiny_models import build_tiny_model
+
+    tiny = load_model(build_tiny_model(family, tmp_path / family))
+    with torch.no_grad():
+        check_sycophancy_vector(sycophancy_vector, tiny)
+        check_steered_agreement(steered_agreement, tiny)
