@@ -1,14 +1,22 @@
 """nbgrader round trip, nbgrader's own way: generate, submit, autograde, read the gradebook.
 
-For every assignment, three students submit:
+For every assignment, two autograde runs in a scratch course:
 
-- ``reference``: the release notebook with every solution region filled from the source,
-- ``untouched``: the release notebook as distributed (stubs raise NotImplementedError),
-- ``bug``: the reference with one planted, plausible bug in one graded function.
+- ``reference`` (the release notebook with every solution region filled from the source), graded
+  with the grading reduction switched off (the kernel sees ``NBGRADER_EXECUTION=""``), so every
+  cell does its full work, as for a self-study reader. It must score full marks (which proves no
+  grade cell writes to stderr: nbgrader scores such a cell zero), and every finding the prose
+  states must be backed by a ``claim(...)`` that holds on the embedded model: a library upgrade
+  that changes a result fails here instead of leaving the prose wrong.
+- ``bug`` (the reference with one planted, plausible bug in one graded function), graded as an
+  instructor grades, with the reduction on: it loses exactly the points of the cell that tests
+  the broken function and keeps every other point, which proves the reduced exploration cells
+  still give the grade cells what they need. For the first notebook also ``untouched`` (the
+  release as distributed: stubs raise NotImplementedError) scores zero on every graded cell; that
+  every release has stubs and no solution or hidden test is asserted for all of them statically
+  (tests/test_course.py).
 
-The reference must score full marks (this also proves no grade cell writes to stderr, which
-nbgrader scores zero), the untouched release zero on every graded cell, and the bug loses exactly
-the points of the cell that tests the broken function.
+One full run and one reduced run per notebook: the full run is also the notebook-execution test.
 """
 
 from __future__ import annotations
@@ -17,11 +25,13 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nbformat
 import pytest
 
+from fv_exercises.claims import FAILS, HOLDS, SKIPPED
 from fv_exercises.course import ROOT, assignments, tool_env
 
 pytestmark = pytest.mark.notebook
@@ -68,17 +78,28 @@ def _plant(nb: nbformat.NotebookNode, cell_id: str, old: str, new: str):
     return nb
 
 
-def _nbgrader(root: Path, *args: str) -> None:
-    subprocess.run([sys.executable, "-m", "nbgrader", *args, f"--CourseDirectory.root={root}",
-                    "--log-level=WARN"], check=True, cwd=root, env=tool_env(),
-                   capture_output=True, text=True)
+def _nbgrader(root: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    result = subprocess.run([sys.executable, "-m", "nbgrader", *args, f"--CourseDirectory.root={root}",
+                             "--log-level=WARN"], cwd=root, env=env or tool_env(),
+                            capture_output=True, text=True)
+    assert result.returncode == 0, f"nbgrader {' '.join(args)} failed:\n{result.stderr[-3000:]}"
 
 
-# one xdist group per assignment: its three tests share one autograde run, on one worker
+def _text(output) -> str:
+    if output.get("output_type") == "stream":
+        return output.get("text", "")
+    if output.get("output_type") == "error":
+        return "\n".join(output.get("traceback", []))
+    return str(output.get("data", {}).get("text/plain", ""))
+
+
+# one xdist group per assignment: its tests share the autograde runs, on one worker
 @pytest.fixture(scope="module",
                 params=[pytest.param(a, marks=pytest.mark.xdist_group(a)) for a in assignments()])
 def graded(request, tmp_path_factory):
-    """Autograde the three submissions of one assignment; return (assignment, gradebook path)."""
+    """Autograde the submissions of one assignment; return (assignment, course root)."""
+    from fv_exercises.grading_bench import full_size_kernel
+
     name = request.param
     root = tmp_path_factory.mktemp(f"course-{name}")
     shutil.copy(ROOT / "nbgrader_config.py", root)
@@ -90,14 +111,26 @@ def graded(request, tmp_path_factory):
         "notebooks/ is stale: run `python -m fv_exercises.course build`")
     source = nbformat.read(root / "solutions" / name / f"{name}.ipynb", as_version=4)
     reference = _fill_solutions(release, source)
-    submissions = {"reference": reference, "untouched": release}
+    submissions = {"reference": reference}
     if name in PLANTED_BUGS:
         submissions["bug"] = _plant(reference, *PLANTED_BUGS[name][:3])
+    if name == assignments()[0]:
+        submissions["untouched"] = release
     for student, nb in submissions.items():
         folder = root / "submitted" / student / name
         folder.mkdir(parents=True)
         nbformat.write(nb, folder / f"{name}.ipynb")
-    _nbgrader(root, "autograde", name, "--create", "--force")
+    start = time.perf_counter()
+    _nbgrader(root, "autograde", name, "--create", "--force", "--student", "reference",
+              env=full_size_kernel(root / "full-size-kernel"))
+    full = time.perf_counter() - start
+    reduced = [s for s in submissions if s != "reference"]
+    start = time.perf_counter()
+    if reduced:
+        # without --force nbgrader skips the submission it has graded already (the reference)
+        _nbgrader(root, "autograde", name, "--create")
+    print(f"{name}: reference in full {full:.0f} s; {reduced} with the grading reduction "
+          f"{time.perf_counter() - start:.0f} s")
     return name, root
 
 
@@ -109,18 +142,33 @@ def _scores(root: Path, name: str, student: str) -> dict[str, tuple[float, float
         return {g.name: (g.score, g.max_score) for g in nb.grades if g.cell_type == "code"}
 
 
-def test_reference_scores_full_marks(graded):
+def test_reference_scores_full_marks_and_its_claims_hold(graded):
     name, root = graded
     scores = _scores(root, name, "reference")
     assert scores, "no graded cells found"
     lost = {cell: s for cell, s in scores.items() if s[0] != s[1]}
     assert not lost, f"reference lost points (error or stderr output in a grade cell?): {lost}"
+    nb = nbformat.read(root / "autograded" / "reference" / name / f"{name}.ipynb", as_version=4)
+    text = "\n".join(_text(o) for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    errors = [c.source.splitlines()[0] for c in nb.cells if c.cell_type == "code"
+              and any(o.get("output_type") == "error" for o in c.get("outputs", []))]
+    assert not errors, f"cells that raised in the full run: {errors}"
+    failed = [line for line in text.splitlines() if line.startswith(FAILS)]
+    assert not failed, "claims that do not hold on the embedded model:\n" + "\n".join(failed)
+    assert HOLDS in text, f"{name} states no checked claim: back its findings with claim(...)"
+    assert SKIPPED not in text, "the full run was graded with the reduction on"
 
 
 def test_untouched_release_scores_zero(graded):
     name, root = graded
+    if name != assignments()[0]:  # graded for the first notebook only; here, what makes it zero
+        release = nbformat.read(ROOT / "notebooks" / name / f"{name}.ipynb", as_version=4)
+        stubs = [c.source for c in release.cells if c.metadata.get("nbgrader", {}).get("solution")
+                 and c.cell_type == "code"]
+        assert stubs and all("raise NotImplementedError()" in s for s in stubs), stubs
+        return
     scores = _scores(root, name, "untouched")
-    assert all(score == 0 for score, _ in scores.values()), scores
+    assert scores and all(score == 0 for score, _ in scores.values()), scores
 
 
 def test_planted_bug_loses_exactly_its_cell(graded):

@@ -49,7 +49,7 @@ _CHAT = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
 _CASES = (GenCase("Q: young\nA:", "antonym", 0.6, 8),
           GenCase("The word 'hot' means", "antonym", 0.4, 6),
           GenCase(_CHAT.format("Reply with one word: yes or no?"), "antonym", 0.5, 12, scale=0.25))
-_HIDDEN = (GenCase("Q: narrow\nA:", "antonym", 0.6, 9),
+_HIDDEN = (GenCase("Q: narrow\nA:", "antonym", 0.65, 9),
            GenCase("Q: Kenya\nA:", "country_capital", 0.8, 7),
            GenCase(_CHAT.format("Name a colour. One word."), "antonym", 0.5, 12, scale=0.25))
 
