@@ -1,6 +1,6 @@
 """Command line: ``python -m fv_exercises <command>`` (also installed as ``fv``).
 
-- ``run [--task antonym] [--model PATH] [--seeds N]``: the main job. Reproduces the course's
+- ``run [--task antonym] [--model PATH] [--seeds N] [--notebooks 01,03]``: the main job. Reproduces the course's
   headline results on the embedded model (or another) and prints them as a table, each accuracy
   with its 95% interval; ``--seeds N`` repeats it over N independent train draws.
 - ``convert [--force]``: convert the embedded model into the cache (normally automatic).
@@ -22,8 +22,10 @@ def _run(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     if args.seeds < 1:
         raise SystemExit("--seeds must be at least 1")
+    sections = [n.strip() for n in args.notebooks.split(",")] if args.notebooks else None
     runs = [headline_results(model, args.task, out_dir=args.out if seed == 0 else None,
-                             progress=not args.quiet, seed=seed) for seed in range(args.seeds)]
+                             progress=not args.quiet, seed=seed, notebooks=sections)
+            for seed in range(args.seeds)]
     rows = runs[0] if args.seeds == 1 else over_seeds(runs)
     draws = "" if args.seeds == 1 else f", mean over {args.seeds} train draws"
     print_table(rows, title=f"Function vectors on {args.model or 'SmolLM2-135M-Instruct'}, task "
@@ -59,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
                      help="rebuild the vectors from N independent train draws; report mean and spread")
     run.add_argument("--out", default="fv_results", help="folder for figures")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--notebooks", default=None, metavar="01,03",
+                     help="only the sections of these notebooks (default: all)")
     run.set_defaults(func=_run)
     convert = sub.add_parser("convert", help="convert the embedded GGUF into the model cache")
     convert.add_argument("--force", action="store_true", help="convert again even if cached")

@@ -35,13 +35,22 @@ def _sections() -> list[tuple[str, Callable[[Context], list[Row]]]]:
 
 
 def headline_results(model, task: str = "antonym", out_dir: str | Path | None = None,
-                     progress: bool = True, seed: int = 0) -> list[Row]:
+                     progress: bool = True, seed: int = 0,
+                     notebooks: list[str] | None = None) -> list[Row]:
     """Every section's rows for ``task``; vectors from the train draw ``seed``, accuracies on the
-    (fixed) test queries, layers and heads chosen on train queries."""
+    (fixed) test queries, layers and heads chosen on train queries. ``notebooks`` (e.g.
+    ``["01", "03"]``) keeps only the sections of those notebooks."""
     torch.manual_seed(seed)
     ctx = Context(model, task, seed, Path(out_dir) if out_dir is not None else None, progress)
     rows: list[Row] = []
-    for title, section in _sections():
+    sections = _sections()
+    if notebooks:
+        unknown = [n for n in notebooks if not any(n in t for t, _ in sections)]
+        if unknown:
+            raise SystemExit(f"no section for notebook(s) {unknown}; sections: "
+                             + "; ".join(t for t, _ in sections))
+        sections = [(t, f) for t, f in sections if any(n in t for n in notebooks)]
+    for title, section in sections:
         rows.append(Row(f"-- {title}"))
         rows += section(ctx)
     return rows
