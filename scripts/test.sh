@@ -10,6 +10,8 @@ WORKERS=${FV_TEST_WORKERS:-2}
 if [ "$WORKERS" -gt 1 ]; then
     # one torch thread per worker (and per notebook kernel it starts): no oversubscribed cores
     export OMP_NUM_THREADS=1
-    exec .venv/bin/python -m pytest -n "$WORKERS" --dist loadgroup "$@"
+    # --dist load: tests that share an expensive fixture are written as one test (xdist_group
+    # marks are not honoured with pytest 9 + xdist 3.8: measured, both workers ran the group)
+    exec .venv/bin/python -m pytest -n "$WORKERS" --dist load "$@"
 fi
 exec .venv/bin/python -m pytest "$@"

@@ -93,15 +93,10 @@ def _text(output) -> str:
     return str(output.get("data", {}).get("text/plain", ""))
 
 
-# one xdist group per assignment: its tests share the autograde runs, on one worker
-@pytest.fixture(scope="module",
-                params=[pytest.param(a, marks=pytest.mark.xdist_group(a)) for a in assignments()])
-def graded(request, tmp_path_factory):
-    """Autograde the submissions of one assignment; return (assignment, course root)."""
+def _graded(name: str, root: Path) -> tuple[str, Path]:
+    """Autograde the submissions of one assignment in the scratch course ``root``."""
     from fv_exercises.grading_bench import full_size_kernel
 
-    name = request.param
-    root = tmp_path_factory.mktemp(f"course-{name}")
     shutil.copy(ROOT / "nbgrader_config.py", root)
     shutil.copytree(ROOT / "solutions" / name, root / "solutions" / name)
     _nbgrader(root, "generate_assignment", name, "--force")
@@ -142,7 +137,17 @@ def _scores(root: Path, name: str, student: str) -> dict[str, tuple[float, float
         return {g.name: (g.score, g.max_score) for g in nb.grades if g.cell_type == "code"}
 
 
-def test_reference_scores_full_marks_and_its_claims_hold(graded):
+# One test per assignment (its autograde runs are not shared between tests, so the two xdist
+# workers never grade the same assignment twice).
+@pytest.mark.parametrize("name", assignments())
+def test_round_trip(name, tmp_path):
+    graded = _graded(name, tmp_path)
+    _reference_scores_full_marks_and_its_claims_hold(graded)
+    _untouched_release_scores_zero(graded)
+    _planted_bug_loses_exactly_its_cell(graded)
+
+
+def _reference_scores_full_marks_and_its_claims_hold(graded):
     name, root = graded
     scores = _scores(root, name, "reference")
     assert scores, "no graded cells found"
@@ -159,7 +164,7 @@ def test_reference_scores_full_marks_and_its_claims_hold(graded):
     assert SKIPPED not in text, "the full run was graded with the reduction on"
 
 
-def test_untouched_release_scores_zero(graded):
+def _untouched_release_scores_zero(graded):
     name, root = graded
     if name != assignments()[0]:  # graded for the first notebook only; here, what makes it zero
         release = nbformat.read(ROOT / "notebooks" / name / f"{name}.ipynb", as_version=4)
@@ -171,7 +176,7 @@ def test_untouched_release_scores_zero(graded):
     assert scores and all(score == 0 for score, _ in scores.values()), scores
 
 
-def test_planted_bug_loses_exactly_its_cell(graded):
+def _planted_bug_loses_exactly_its_cell(graded):
     name, root = graded
     if name not in PLANTED_BUGS:
         pytest.fail(f"add a planted bug for {name} to PLANTED_BUGS")
