@@ -12,6 +12,8 @@ if [ "$WORKERS" -gt 1 ]; then
     export OMP_NUM_THREADS=1
     # --dist load: tests that share an expensive fixture are written as one test (xdist_group
     # marks are not honoured with pytest 9 + xdist 3.8: measured, both workers ran the group)
-    exec .venv/bin/python -m pytest -n "$WORKERS" --dist load "$@"
+    # --maxschedchunk 1: hand out tests one or two at a time, so the long tests (sorted first by
+    # tests/conftest.py) spread over both workers instead of all landing in the first chunk
+    exec .venv/bin/python -m pytest -n "$WORKERS" --dist load --maxschedchunk 1 "$@"
 fi
 exec .venv/bin/python -m pytest "$@"
