@@ -20,8 +20,8 @@ from fv_exercises.tasks import ICLDataset, task_names
 
 def _sections() -> list[tuple[str, Callable[[Context], list[Row]]]]:
     """(title, headline function) of every notebook, in course order (imported lazily)."""
-    from fv_exercises import (ablation, arithmetic, generation, heads, nnsight_model, sycophancy,
-                              task_vectors)
+    from fv_exercises import (ablation, arithmetic, exercises, generation, heads, nnsight_model,
+                              sycophancy, task_vectors)
 
     return [
         ("task vectors (notebooks 01-02)", task_vectors.headline),
@@ -31,6 +31,7 @@ def _sections() -> list[tuple[str, Callable[[Context], list[Row]]]]:
         ("generation and steering (notebook 06)", generation.headline),
         ("nnsight vs TransformerLens (notebook 07)", nnsight_model.headline),
         ("sycophancy capstone (notebook 08)", sycophancy.headline),
+        ("the seed's exercises: minimal heads (notebook 09)", exercises.headline),
     ]
 
 

@@ -75,6 +75,22 @@ def test_release_contains_no_solution_or_hidden_test_line():
             assert folder.is_dir() or folder.suffix == ".ipynb", f"non-notebook file {folder}"
 
 
+def test_written_answers_are_released_empty():
+    """Manually graded answer cells (markdown, solution and grade): the source holds the
+    reference answer, the release only nbgrader's stub, so no reference answer is released."""
+    for name in assignments():
+        source = nbformat.read(SOURCE / name / f"{name}.ipynb", as_version=4)
+        release = nbformat.read(RELEASE / name / f"{name}.ipynb", as_version=4)
+        released = {c.metadata["nbgrader"]["grade_id"]: c.source for c in release.cells
+                    if c.metadata.get("nbgrader", {}).get("grade_id")}
+        for cell in source.cells:
+            meta = cell.metadata.get("nbgrader", {})
+            if cell.cell_type == "markdown" and meta.get("solution") and meta.get("grade"):
+                assert meta.get("points", 0) > 0, meta["grade_id"]
+                assert released[meta["grade_id"]].strip() == "YOUR ANSWER HERE", meta["grade_id"]
+                assert len(cell.source) > 200, f"{meta['grade_id']}: no reference answer in the source"
+
+
 def test_no_non_notebook_files_in_source_folders():
     """nbgrader copies them into the release verbatim: a solution must never sit in one."""
     extra = [p for p in SOURCE.rglob("*") if p.is_file() and p.suffix != ".ipynb"

@@ -34,6 +34,8 @@ import pytest
 from fv_exercises.claims import FAILS, HOLDS, SKIPPED
 from fv_exercises.course import ROOT, assignments, tool_env
 
+from conftest import record_grading_time
+
 pytestmark = pytest.mark.notebook
 
 # assignment -> (solution cell id, text to replace, replacement, grade cell id that must fail)
@@ -54,6 +56,8 @@ PLANTED_BUGS = {
                    "layers[layer].output += h_task", "test_nnsight_task_vector_logits"),
     "08_sycophancy": ("steered_agreement", "resid[:, start:] += steer", "resid[:, -1] += steer",
                       "test_steered_agreement"),
+    "09_exercises": ("find_minimal_heads", "reverse=True", "reverse=False",
+                     "test_find_minimal_heads"),
 }
 _MARKER = re.compile(r"^\s*### (BEGIN|END) SOLUTION\s*$")
 
@@ -124,8 +128,10 @@ def _graded(name: str, root: Path) -> tuple[str, Path]:
     if reduced:
         # without --force nbgrader skips the submission it has graded already (the reference)
         _nbgrader(root, "autograde", name, "--create")
+    with_reduction = time.perf_counter() - start
     print(f"{name}: reference in full {full:.0f} s; {reduced} with the grading reduction "
-          f"{time.perf_counter() - start:.0f} s")
+          f"{with_reduction:.0f} s")
+    record_grading_time(name, full, with_reduction / max(len(reduced), 1))
     return name, root
 
 

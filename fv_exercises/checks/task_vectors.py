@@ -139,7 +139,8 @@ def _all_states(model, prompts: list[str], layers: list[int]) -> dict[int, list[
     return out
 
 
-def _mtv_variants(model, icl: list[str], zero: list[str], layer: int) -> Iterator[tuple[str, Tensor]]:
+def _mtv_variants(model, icl: list[str], zero: list[str], layer: int,
+                  name: str = "mean_task_vector") -> Iterator[tuple[str, Tensor]]:
     """Known mistakes of ``mean_task_vector``, all derived from one run per prompt (and, for
     padding, one batched run per list)."""
     layers = [l for l in (layer - 1, layer, layer + 1) if 0 <= l < model.cfg.n_layers]
@@ -167,7 +168,7 @@ def _mtv_variants(model, icl: list[str], zero: list[str], layer: int) -> Iterato
                    mean_at(A[other], -1) - mean_at(B[other], -1))
     lengths = token_lengths(model, icl) + token_lengths(model, zero)
     post = _post(layer)
-    yield (padding_message("mean_task_vector", lengths),
+    yield (padding_message(name, lengths),
            _padded_final_states(model, icl, post).mean(0) - _padded_final_states(model, zero, post).mean(0))
 
 
