@@ -8,8 +8,6 @@ generated from it.
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
 from torch import Tensor
 
@@ -60,8 +58,7 @@ def random_cosines(n: int, d: int, seed: int = 0) -> Tensor:
     """Off-diagonal cosines among ``n`` random Gaussian directions in ``d`` dimensions:
     ``[n * (n - 1)]`` (the baseline for "how similar are two task vectors?")."""
     g = torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
-    c = cosine_matrix(g)
-    return c[~torch.eye(n, dtype=torch.bool)]
+    return off_diagonal(cosine_matrix(g))
 
 
 def off_diagonal(matrix: Tensor) -> Tensor:
@@ -97,15 +94,3 @@ def headline(ctx: Context) -> list[Row]:
                        paired_difference(small_correct, full_correct), "same test queries"),
     ]
 
-
-def prefix_accuracies(model, shares: dict[Head, Tensor], order: Sequence[Head], layer: int,
-                      prompts: Sequence[str], answers: Sequence[str]) -> list[float]:
-    """Zero-shot accuracy with the sum of the first ``k`` heads of ``order`` added at ``layer``,
-    for ``k = 1 .. len(order)``: ``[len(order)]`` (batched; for plots and checks)."""
-    from fv_exercises.evaluation import top1_accuracy
-
-    out, partial = [], None
-    for head in order:
-        partial = shares[head] if partial is None else partial + shares[head]
-        out.append(top1_accuracy(model, prompts, answers, add={layer: partial}))
-    return out

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import torch
 
+from fv_exercises.exercises import query_alone
 from fv_exercises.reference import exercises as ref
+
+from wrong_01 import mtv_correct_hooks_float64
 
 
 def _post(layer):
     return f"blocks.{layer}.hook_resid_post"
 
 
-def _query(prompt):
-    return prompt.rsplit("\n\n", 1)[-1]
+_query = query_alone  # the query of a few-shot prompt: the text after its last blank line
 
 
 # ---------------------------------------------------------------- extract_function_vector
@@ -108,21 +110,9 @@ def efv_correct_batched(model, task_prompts, layer):
 
 
 def efv_correct_hooks_float64(model, task_prompts, layer):
-    """Records states with a hook inside `with model.hooks(...)`; accumulates in float64."""
-    def mean_last(prompts):
-        total = torch.zeros(model.cfg.d_model, dtype=torch.float64)
-        for p in prompts:
-            seen = {}
-
-            def save(resid, hook):
-                seen["x"] = resid[0, -1].double()
-
-            with model.hooks(fwd_hooks=[(_post(layer), save)]):
-                model(p)
-            total += seen["x"]
-        return total / len(prompts)
-
-    return mean_last(task_prompts) - mean_last([_query(p) for p in task_prompts])
+    """Records states with a hook inside `with model.hooks(...)`; accumulates in float64
+    (notebook 01's version of this, with the queries as the zero-shot prompts)."""
+    return mtv_correct_hooks_float64(model, task_prompts, [_query(p) for p in task_prompts], layer)
 
 
 def efv_correct_resid_pre_next(model, task_prompts, layer):

@@ -38,7 +38,7 @@ from fv_exercises.checks.core import (
 from fv_exercises.checks.task_vectors import _all_states, _mtv_variants
 from fv_exercises.evaluation import resid_post_name as _post
 from fv_exercises.evaluation import top1_accuracy, top1_correct
-from fv_exercises.exercises import query_alone
+from fv_exercises.exercises import projections, query_alone
 from fv_exercises.tasks import ICLDataset
 
 Head = tuple[int, int]
@@ -469,7 +469,7 @@ def _fmh_variants(model, fv, layer, shares, prompts, answers, threshold, full_ac
                   ranked, k) -> Iterator[tuple[str, str, list[Head]]]:
     """Known mistakes of ``find_minimal_heads``: ``(key, description, the heads it returns)``."""
     direction = fv / fv.norm()
-    comp = {h: float(s @ direction) for h, s in shares.items()}
+    comp = projections(shares, fv)
     by = lambda key, reverse=True: sorted(shares, key=key, reverse=reverse)  # noqa: E731
     target = threshold * full_acc
     choose = lambda order, **kw: _prefix_choice(model, fv, layer, shares, order, prompts,  # noqa: E731
@@ -523,8 +523,7 @@ def _fmh_case(model, case: SharesCase) -> _FmhData:
         from fv_exercises.reference import exercises as reference
 
         fv, layer, shares, prompts, answers = case.inputs(model)
-        direction = fv / fv.norm()
-        comp = {h: float(s @ direction) for h, s in shares.items()}
+        comp = projections(shares, fv)
         expected = reference.find_minimal_heads(model, fv, layer, case.threshold,
                                                 head_outputs=shares, test_prompts=prompts,
                                                 expected=answers)
