@@ -494,15 +494,17 @@ class TaskReport:
         return self.correct["zero-shot + FV (task heads)"].float().mean().item() / few if few else float("nan")
 
 
-def residual_task_vector(model, task: str, seed: int = 0) -> tuple[Tensor, int]:
+def residual_task_vector(model, task: str, seed: int = 0,
+                         n_train: int | None = None) -> tuple[Tensor, int]:
     """Notebook 01's task vector as the main job builds it: mean last-position ``resid_post`` of
-    32 clean train prompts minus that of their zero-shot forms, at the layer (chosen on the same
-    train queries, zero-shot) where adding it works best: ``([d_model], layer)``."""
+    ``n_train`` (default 32) clean train prompts minus that of their zero-shot forms, at the
+    layer (chosen on the same train queries, zero-shot) where adding it works best:
+    ``([d_model], layer)``."""
     from fv_exercises.evaluation import mean_resid_post
     from fv_exercises.report import N_TRAIN
     from fv_exercises.tasks import ICLDataset
 
-    train = ICLDataset.build(task, N_TRAIN, seed=seed, split="train")
+    train = ICLDataset.build(task, n_train or N_TRAIN, seed=seed, split="train")
     vectors = mean_resid_post(model, train.prompts) - mean_resid_post(model, train.zero_shot_prompts)
     sweep = steered_top1(model, train.zero_shot_prompts, train.answers,
                          [{l: vectors[l]} for l in range(model.cfg.n_layers)]).float().mean(1)

@@ -21,6 +21,18 @@ def test_reference_find_task_vector_passes(model, capsys):
     assert "matches the reference" in capsys.readouterr().out
 
 
+def test_check_computes_the_references_mean_task_vector(model):
+    """The check's batched vector (one padded pass per list, stopped after the layer) is the
+    reference's (one pass per prompt)."""
+    from fv_exercises.checks.task_vectors import _MTV_CASES, _MTV_HIDDEN, reference_mean_task_vector
+
+    for case in _MTV_CASES + _MTV_HIDDEN:
+        ps, layer = case.mixed(), case.layer(model)
+        looped = mean_task_vector(model, ps.prompts, ps.zero_shot_prompts, layer)
+        batched = reference_mean_task_vector(model, ps.prompts, ps.zero_shot_prompts, layer)
+        assert torch.allclose(looped.float(), batched, atol=1e-4), (case, (looped - batched).abs().max())
+
+
 def test_reference_mean_task_vector_passes(model, capsys):
     check_mean_task_vector(mean_task_vector, model)
     check_mean_task_vector(mean_task_vector, model, hidden=True)

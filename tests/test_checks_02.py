@@ -21,6 +21,15 @@ def test_reference_find_task_layer_passes(model, capsys):
     assert captured.out.count("\n") == 1 and captured.err == ""
 
 
+def test_check_computes_the_references_accuracies(model):
+    """The check's batched sweep (every layer in one pass) gives the reference's accuracies."""
+    from fv_exercises.checks.layer_sweep import _FTL_CASES, _FTL_HIDDEN, _case_inputs, _reference
+
+    for case in _FTL_CASES + _FTL_HIDDEN:
+        looped = find_task_layer(model, *_case_inputs(case))
+        assert {int(k): float(v) for k, v in looped.items()} == _reference(model, case), case
+
+
 @pytest.mark.parametrize("correct", FIND_TASK_LAYER_CORRECT, ids=lambda f: f.__name__)
 def test_other_correct_versions_pass(model, correct):
     """One probe at a time (the seed's loop), or batched with each probe's own last index."""

@@ -16,6 +16,19 @@ from wrong_03 import FIND_TASK_HEADS, FIND_TASK_HEADS_CORRECT
 def test_reference_find_task_heads_passes(model, capsys):
     check_find_task_heads(find_task_heads, model)
     assert "matches the reference" in capsys.readouterr().out
+    check_find_task_heads(find_task_heads, model, hidden=True)
+
+
+def test_check_computes_the_references_effects(model):
+    """The check's batched effects (all heads of a prompt in one pass) are the reference's."""
+    from fv_exercises.checks.heads import _CASES, _HIDDEN, _case
+
+    for case in _CASES + _HIDDEN:
+        layers, mean_z, prompts, answers, batched = _case(model, case)
+        looped = dict(find_task_heads(model, mean_z, prompts, answers, layers))
+        assert set(looped) == set(batched)
+        worst = max(abs(looped[h] - batched[h]) for h in looped)
+        assert worst < 1e-6, (case, worst)
 
 
 @pytest.mark.parametrize("wrong", list(FIND_TASK_HEADS), ids=lambda f: f.__name__)

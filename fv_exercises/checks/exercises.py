@@ -127,6 +127,18 @@ def check_extract_function_vector(fn: Callable, model, hidden: bool = False) -> 
 # --------------------------------------------------------------------------------------------
 
 
+def _case_vector(model, task: str, seed: int, layer: int, n_train: int) -> Tensor:
+    """``[d_model]``: the reference extraction from ``n_train`` train prompts of ``task``, once per
+    model (the cases of test_function_vector and find_minimal_heads share some vectors)."""
+    def compute() -> Tensor:
+        from fv_exercises.reference.exercises import extract_function_vector
+
+        train = ICLDataset.build(task, n_train, seed=seed, split="train")
+        return extract_function_vector(model, list(train.prompts), layer).float()
+
+    return cached_per_model(model, ("case vector", task, seed, layer, n_train), compute)
+
+
 @dataclass(frozen=True)
 class VectorCase:
     """A vector (the reference extraction from ``n_train`` train prompts, times ``scale``) and
@@ -143,11 +155,8 @@ class VectorCase:
         return int(round(self.layer_fraction * (model.cfg.n_layers - 1)))
 
     def inputs(self, model) -> tuple[Tensor, int, list[str], list[str]]:
-        from fv_exercises.reference.exercises import extract_function_vector
-
         layer = self.layer(model)
-        train = ICLDataset.build(self.task, self.n_train, seed=self.seed, split="train")
-        fv = extract_function_vector(model, list(train.prompts), layer).float() * self.scale
+        fv = _case_vector(model, self.task, self.seed, layer, self.n_train) * self.scale
         test = ICLDataset.build(self.task, self.n_test, seed=self.seed + 1, split="test")
         return fv, layer, list(test.zero_shot_prompts), list(test.answers)
 
@@ -405,11 +414,8 @@ class SharesCase:
         return [(10 + (3 * i) % 7, (5 * i + 2) % 9) for i in range(len(self.a))]
 
     def inputs(self, model) -> tuple[Tensor, int, dict[Head, Tensor], list[str], list[str]]:
-        from fv_exercises.reference.exercises import extract_function_vector
-
         layer = self.layer(model)
-        train = ICLDataset.build(self.task, self.n_train, seed=self.seed, split="train")
-        v = extract_function_vector(model, list(train.prompts), layer).float() * self.scale
+        v = _case_vector(model, self.task, self.seed, layer, self.n_train) * self.scale
         g = torch.Generator().manual_seed(self.seed)
         # orthogonal directions, one per distinct (a, noise), made orthogonal to v
         kinds = sorted(set(zip(self.a, self.noise)))

@@ -14,6 +14,7 @@ from torch import Tensor
 from fv_exercises.checks.core import (
     Case,
     as_tensor,
+    cached_per_model,
     call_learner,
     compare,
     padding_message,
@@ -23,6 +24,7 @@ from fv_exercises.checks.core import (
     token_lengths,
 )
 from fv_exercises.evaluation import resid_post_name as _post
+from fv_exercises.evaluation import tokenize_right_padded
 
 # --------------------------------------------------------------------------------------------
 # find_task_vector
@@ -122,6 +124,22 @@ _MTV_HIDDEN = (Case("country_capital", seed=7, layer_fraction=0.3, n_prompts=3),
                Case("lowercase", seed=5, layer_fraction=0.8, n_prompts=5))
 
 
+def reference_mean_task_vector(model, icl: list[str], zero: list[str], layer: int) -> Tensor:
+    """``[d_model]``: the reference's ``mean_task_vector`` (one forward pass per prompt), computed
+    with one right-padded pass per list that stops after ``layer``, once per model and inputs;
+    tests/test_checks_01.py asserts the two agree."""
+    hook_name = _post(layer)
+
+    def final_states(prompts: list[str]) -> Tensor:
+        tokens, last = tokenize_right_padded(model, prompts)
+        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n == hook_name,
+                                        stop_at_layer=layer + 1)
+        return cache[hook_name][torch.arange(len(prompts)), last].float()
+
+    return cached_per_model(model, ("mean_task_vector", tuple(icl), tuple(zero), layer),
+                            lambda: final_states(icl).mean(0) - final_states(zero).mean(0))
+
+
 def _padded_final_states(model, prompts: list[str], hook_name: str) -> Tensor:
     """What a batched version gets: all prompts in one right-padded batch, position -1 of each row."""
     _, cache = model.run_with_cache(prompts, names_filter=lambda n: n == hook_name)
@@ -188,8 +206,6 @@ def check_mean_task_vector(fn: Callable, model, hidden: bool = False) -> None:
     fixed count shows); the second case has other prompts and another layer (state kept between
     calls shows).
     """
-    from fv_exercises.reference.task_vectors import mean_task_vector as reference
-
     name = "mean_task_vector"
     cases = _MTV_HIDDEN if hidden else _MTV_CASES
     with quiet(model):
@@ -197,7 +213,7 @@ def check_mean_task_vector(fn: Callable, model, hidden: bool = False) -> None:
         for i, case in enumerate(cases):
             ps, layer = case.mixed(), case.layer(model)
             icl, zero = ps.prompts, ps.zero_shot_prompts
-            expected = reference(model, icl, zero, layer).float()
+            expected = reference_mean_task_vector(model, icl, zero, layer)
             shape = tuple(expected.shape)
             got = as_tensor(call_learner(fn, name, model, icl, zero, layer), name, shape,
                             "task vector [d_model]")
@@ -213,7 +229,7 @@ def check_mean_task_vector(fn: Callable, model, hidden: bool = False) -> None:
                 # Different list lengths: a learner who divides by one fixed count fails here.
                 few = icl[:2]
                 uneven = as_tensor(call_learner(fn, name, model, few, zero, layer), name, shape, "task vector")
-                compare(uneven, reference(model, few, zero, layer).float(),
+                compare(uneven, reference_mean_task_vector(model, few, zero, layer),
                         lambda: _mtv_variants(model, few, zero, layer), name, "task vector",
                         atol=1e-3, context=f"{context}, but 2 ICL prompts vs {len(zero)} zero-shot prompts")
     if not hidden:

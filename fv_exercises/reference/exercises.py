@@ -28,7 +28,9 @@ def extract_function_vector(model, task_prompts: list[str], layer: int) -> Tenso
     def final_states(prompts: list[str]) -> Tensor:
         """``[n, d_model]``: each prompt's state at its own last token (one batched pass)."""
         tokens, last = tokenize_right_padded(model, prompts)  # [n, seq], [n]
-        _, cache = model.run_with_cache(tokens, names_filter=lambda name: name == hook_name)
+        # stop_at_layer: the blocks after `layer` (and the unembedding) are not needed
+        _, cache = model.run_with_cache(tokens, names_filter=lambda name: name == hook_name,
+                                        stop_at_layer=layer + 1)
         return cache[hook_name][torch.arange(len(prompts)), last]
 
     with_demos = final_states(task_prompts)  # [n, d_model]
