@@ -1,6 +1,7 @@
 """Benchmarks that print timings and ratios against the naive way.
 
-    python -m fv_exercises.bench            # all benchmarks (currently: heads)
+    python -m fv_exercises.bench            # heads, load, generation
+    python -m fv_exercises.bench scans      # every task's head scan (the universal heads' cost)
     python -m fv_exercises.bench heads      # one by name
     python -m fv_exercises.bench --list
 
@@ -142,6 +143,32 @@ def bench_grade(args: argparse.Namespace) -> None:
     run(args)
 
 
+def bench_scans(args: argparse.Namespace) -> None:
+    """The course recipe's head scans of every shipped task (what universal heads need), timed."""
+    from fv_exercises import load_model
+    from fv_exercises.heads import COURSE_RECIPE, head_effects, mean_head_z
+    from fv_exercises.tasks import ICLDataset, task_names
+
+    goal = 60.0  # issue 11: all tasks' scans together in under a minute on 2 cores
+    model, t_load = _timed(load_model)
+    r = COURSE_RECIPE
+    print(f"[scans] every shipped task: mean z over {r.n_prompts} clean train prompts, then the "
+          f"causal effect of all {model.cfg.n_layers * model.cfg.n_heads} heads on {r.n_scan} "
+          f"shuffled-label prompts (no disk cache; load {t_load:.1f} s)")
+    total_mean = total_scan = 0.0
+    for task in task_names():
+        train = ICLDataset.build(task, r.n_prompts, seed=0, split="train")
+        mean_z, t_mean = _timed(mean_head_z, model, train.prompts)
+        n = min(r.n_scan, len(train))
+        _, t_scan = _timed(head_effects, model, train.corrupted_prompts[:n], train.answers[:n], mean_z)
+        total_mean, total_scan = total_mean + t_mean, total_scan + t_scan
+        print(f"  {task:18} mean z {t_mean:5.1f} s   scan {t_scan:5.1f} s")
+    total = total_mean + total_scan
+    print(f"all {len(task_names())} tasks: {total:.1f} s (mean z {total_mean:.1f} s, scans "
+          f"{total_scan:.1f} s); goal < {goal:.0f} s: {total / goal:.2f}x the goal "
+          f"{'(met)' if total < goal else '(NOT met)'}")
+
+
 def _add_grade_options(parser: argparse.ArgumentParser) -> None:
     from fv_exercises.grading_bench import add_grade_options
 
@@ -149,7 +176,8 @@ def _add_grade_options(parser: argparse.ArgumentParser) -> None:
 
 
 BENCHMARKS: dict[str, Callable[[argparse.Namespace], None]] = {
-    "heads": bench_heads, "load": bench_load, "generation": bench_generation, "grade": bench_grade}
+    "heads": bench_heads, "load": bench_load, "generation": bench_generation, "scans": bench_scans,
+    "grade": bench_grade}
 _DEFAULT = ["heads", "load", "generation"]  # `grade` autogrades whole batches: run it by name
 _OPTIONS: list[Callable[[argparse.ArgumentParser], None]] = [_add_heads_options, _add_grade_options]
 

@@ -135,6 +135,20 @@ def last_position_resid_post(
     return torch.cat(out)
 
 
+def last_position_states(model, prompts: Sequence[str], layer: int) -> Tensor:
+    """``resid_post`` of one layer at each prompt's last position: ``[n, d_model]``.
+
+    One right-padded batch; the forward pass stops after ``layer`` (``stop_at_layer``): the
+    later blocks and the unembedding are not run (at two thirds of the depth, half the cost).
+    """
+    name = resid_post_name(layer)
+    tokens, last = tokenize_right_padded(model, prompts)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n == name,
+                                        stop_at_layer=layer + 1)
+    return cache[name][torch.arange(len(last)), last]
+
+
 def mean_resid_post(model, prompts: Sequence[str]) -> Tensor:
     """Mean over prompts of the last-position ``resid_post``: ``[n_layers, d_model]``."""
     return last_position_resid_post(model, prompts).mean(0)

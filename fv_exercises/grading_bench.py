@@ -2,6 +2,7 @@
 
     python -m fv_exercises.bench grade                          # every notebook, 5 submissions
     python -m fv_exercises.bench grade --assignments 01_task_vectors --submissions 5
+    python -m fv_exercises.bench grade --submissions 5 --full-submissions 1   # about 45 min
 
 For each assignment it builds a scratch course (its own gradebook, in a temporary folder), places
 ``--submissions`` copies of the reference solution in ``submitted/`` and runs the instructor's
@@ -122,13 +123,17 @@ def bench_grade(args: argparse.Namespace) -> None:
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if set(modes) - set(MODES):
         raise SystemExit(f"--modes takes {','.join(MODES)}")
-    print(f"[grade] {len(names)} notebook(s) x {args.submissions} submissions, modes {modes}; "
+    full_n = args.full_submissions or args.submissions
+    print(f"[grade] {len(names)} notebook(s) x {args.submissions} submissions"
+          + (f" ({full_n} in full)" if "full" in modes and full_n != args.submissions else "")
+          + f", modes {modes}; "
           "seconds per notebook submission = batch wall time / submissions")
     rows: dict[str, dict[str, BatchTiming]] = {}
     with tempfile.TemporaryDirectory(prefix="fv-grade-bench-") as tmp:
         for name in names:
             for mode in modes:
-                t = grade_batch(Path(tmp), name, args.submissions, mode)
+                n = args.full_submissions if mode == "full" and args.full_submissions else args.submissions
+                t = grade_batch(Path(tmp), name, n, mode)
                 rows.setdefault(name, {})[mode] = t
                 print(f"  {name:24} {mode:6} {t.per_submission:6.1f} s/submission  "
                       f"slowest grade cell {t.slowest_grade_cell[0]} {t.slowest_grade_cell[1]:.1f} s, "
@@ -159,6 +164,9 @@ def add_grade_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--assignments", nargs="+", metavar="NAME", default=None,
                    help="notebooks to grade (default: all)")
     g.add_argument("--submissions", type=int, default=5, help="submissions per batch (default 5)")
+    g.add_argument("--full-submissions", type=int, default=None, metavar="N",
+                   help="submissions per batch in the full mode (default: --submissions; the full "
+                        "mode takes 2-5x longer)")
     g.add_argument("--modes", default="graded,full",
                    help="graded (NBGRADER_EXECUTION set, as nbgrader runs) and/or full (hidden "
                         "from the kernel); default both")

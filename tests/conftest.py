@@ -11,25 +11,35 @@ import pytest
 
 # Each nbgrader round trip (tests/test_nbgrader_roundtrip.py, possibly on another xdist worker)
 # writes how long one submission took to grade, in full and with the grading reduction; the
-# controller prints them at the end of the run (a measurement, not an assertion).
-_TIMES = Path(os.environ.get("FV_GRADING_TIMES", Path(tempfile.gettempdir()) / "fv_grading_times"))
+# controller prints them at the end of the run (a measurement, not an assertion). The folder is
+# $FV_GRADING_TIMES, or one made for this run (so that another pytest run at the same time, even
+# a --collect-only, neither reads nor deletes this run's times).
+_TIMES_ENV = "FV_GRADING_TIMES"
+
+
+def _times() -> Path:
+    return Path(os.environ[_TIMES_ENV])
 
 
 def record_grading_time(assignment: str, full: float, reduced: float) -> None:
-    _TIMES.mkdir(parents=True, exist_ok=True)
-    (_TIMES / f"{assignment}.json").write_text(json.dumps({"full": full, "reduced": reduced}))
+    _times().mkdir(parents=True, exist_ok=True)
+    (_times() / f"{assignment}.json").write_text(json.dumps({"full": full, "reduced": reduced}))
 
 
-def pytest_sessionstart(session):
-    if not hasattr(session.config, "workerinput"):  # the controller (or a run without xdist)
-        for old in _TIMES.glob("*.json") if _TIMES.is_dir() else []:
-            old.unlink()
+def pytest_configure(config):
+    # the controller (or a run without xdist), before it starts the workers: they inherit it
+    if not hasattr(config, "workerinput"):
+        if os.environ.get(_TIMES_ENV):
+            for old in _times().glob("*.json") if _times().is_dir() else []:
+                old.unlink()
+        else:
+            os.environ[_TIMES_ENV] = tempfile.mkdtemp(prefix="fv-grading-times-")
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    if hasattr(config, "workerinput") or not _TIMES.is_dir():
+    if hasattr(config, "workerinput") or not _times().is_dir():
         return
-    rows = sorted(_TIMES.glob("*.json"))
+    rows = sorted(_times().glob("*.json"))
     if not rows:
         return
     tr = terminalreporter

@@ -11,6 +11,7 @@ from fv_exercises.checks import CheckFailure
 from fv_exercises.checks.task_vectors import check_find_task_vector, check_mean_task_vector
 from fv_exercises.reference.task_vectors import find_task_vector, mean_task_vector
 
+from check_suite import correct_versions_pass, mistakes_are_named
 from wrong_01 import (FIND_TASK_VECTOR, FIND_TASK_VECTOR_CORRECT, MEAN_TASK_VECTOR,
                       MEAN_TASK_VECTOR_CORRECT)
 
@@ -39,17 +40,10 @@ def test_reference_mean_task_vector_passes(model, capsys):
     assert "matches the reference" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("wrong", list(FIND_TASK_VECTOR), ids=lambda f: f.__name__)
-def test_find_task_vector_mistake_is_named(model, wrong):
-    with pytest.raises(CheckFailure, match=re.escape(FIND_TASK_VECTOR[wrong])):
-        check_find_task_vector(wrong, model)
-    assert not any(hp._forward_hooks for hp in model.hook_dict.values()), "check left hooks behind"
+test_find_task_vector_mistake_is_named = mistakes_are_named(check_find_task_vector, FIND_TASK_VECTOR)
 
 
-@pytest.mark.parametrize("wrong", list(MEAN_TASK_VECTOR), ids=lambda f: f.__name__)
-def test_mean_task_vector_mistake_is_named(model, wrong):
-    with pytest.raises(CheckFailure, match=re.escape(MEAN_TASK_VECTOR[wrong])):
-        check_mean_task_vector(wrong, model)
+test_mean_task_vector_mistake_is_named = mistakes_are_named(check_mean_task_vector, MEAN_TASK_VECTOR)
 
 
 def test_check_recovers_from_leaked_hook(model):
@@ -61,14 +55,12 @@ def test_check_recovers_from_leaked_hook(model):
     check_find_task_vector(find_task_vector, model)
 
 
-@pytest.mark.parametrize("correct", FIND_TASK_VECTOR_CORRECT, ids=lambda f: f.__name__)
-def test_find_task_vector_accepts_other_correct_versions(model, correct):
-    check_find_task_vector(correct, model)
+test_find_task_vector_accepts_other_correct_versions = correct_versions_pass(
+    check_find_task_vector, FIND_TASK_VECTOR_CORRECT)
 
 
-@pytest.mark.parametrize("correct", MEAN_TASK_VECTOR_CORRECT, ids=lambda f: f.__name__)
-def test_mean_task_vector_accepts_other_correct_versions(model, correct):
-    check_mean_task_vector(correct, model)
+test_mean_task_vector_accepts_other_correct_versions = correct_versions_pass(
+    check_mean_task_vector, MEAN_TASK_VECTOR_CORRECT)
 
 
 def test_weights_edited_in_place_are_restored(model):

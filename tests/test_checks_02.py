@@ -10,6 +10,7 @@ from fv_exercises.checks import CheckFailure
 from fv_exercises.checks.layer_sweep import check_find_task_layer
 from fv_exercises.reference.layer_sweep import find_task_layer
 
+from check_suite import correct_versions_pass, mistakes_are_named
 from wrong_02 import FIND_TASK_LAYER, FIND_TASK_LAYER_CORRECT
 
 
@@ -30,10 +31,8 @@ def test_check_computes_the_references_accuracies(model):
         assert {int(k): float(v) for k, v in looped.items()} == _reference(model, case), case
 
 
-@pytest.mark.parametrize("correct", FIND_TASK_LAYER_CORRECT, ids=lambda f: f.__name__)
-def test_other_correct_versions_pass(model, correct):
-    """One probe at a time (the seed's loop), or batched with each probe's own last index."""
-    check_find_task_layer(correct, model)
+# one probe at a time (the seed's loop), or batched with each probe's own last index
+test_other_correct_versions_pass = correct_versions_pass(check_find_task_layer, FIND_TASK_LAYER_CORRECT)
 
 
 def test_visible_probes_mix_token_lengths(model):
@@ -44,11 +43,7 @@ def test_visible_probes_mix_token_lengths(model):
         assert mixed_lengths(model, _case_inputs(case)[1]), case
 
 
-@pytest.mark.parametrize("wrong", list(FIND_TASK_LAYER), ids=lambda f: f.__name__)
-def test_find_task_layer_mistake_is_named(model, wrong):
-    with pytest.raises(CheckFailure, match=re.escape(FIND_TASK_LAYER[wrong])):
-        check_find_task_layer(wrong, model)
-    assert not any(hp._forward_hooks for hp in model.hook_dict.values()), "check left hooks behind"
+test_find_task_layer_mistake_is_named = mistakes_are_named(check_find_task_layer, FIND_TASK_LAYER)
 
 
 def test_check_recovers_from_leaked_hook(model):

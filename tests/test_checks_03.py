@@ -10,6 +10,7 @@ from fv_exercises.checks import CheckFailure
 from fv_exercises.checks.heads import check_find_task_heads
 from fv_exercises.reference.heads import find_task_heads
 
+from check_suite import correct_versions_pass, mistakes_are_named
 from wrong_03 import FIND_TASK_HEADS, FIND_TASK_HEADS_CORRECT
 
 
@@ -31,15 +32,10 @@ def test_check_computes_the_references_effects(model):
         assert worst < 1e-6, (case, worst)
 
 
-@pytest.mark.parametrize("wrong", list(FIND_TASK_HEADS), ids=lambda f: f.__name__)
-def test_find_task_heads_mistake_is_named(model, wrong):
-    with pytest.raises(CheckFailure, match=re.escape(FIND_TASK_HEADS[wrong])):
-        check_find_task_heads(wrong, model)
+test_find_task_heads_mistake_is_named = mistakes_are_named(check_find_task_heads, FIND_TASK_HEADS)
 
 
-@pytest.mark.parametrize("correct", FIND_TASK_HEADS_CORRECT, ids=lambda f: f.__name__)
-def test_other_correct_versions_pass(model, correct):
-    check_find_task_heads(correct, model)
+test_other_correct_versions_pass = correct_versions_pass(check_find_task_heads, FIND_TASK_HEADS_CORRECT)
 
 
 def test_visible_cases_scan_more_heads_than_a_top_10(model):

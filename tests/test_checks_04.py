@@ -12,6 +12,7 @@ from fv_exercises.checks import CheckFailure
 from fv_exercises.checks.arithmetic import check_average_function_vector, check_decode_vector
 from fv_exercises.reference.arithmetic import average_function_vector, decode_vector
 
+from check_suite import correct_versions_pass, mistakes_are_named
 from wrong_04 import (AVERAGE_FUNCTION_VECTOR, AVERAGE_FUNCTION_VECTOR_CORRECT, DECODE_VECTOR,
                       DECODE_VECTOR_CORRECT)
 
@@ -37,28 +38,19 @@ def test_reference_decode_vector_passes(model, capsys):
     assert "matches the reference" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("wrong", list(AVERAGE_FUNCTION_VECTOR), ids=lambda f: f.__name__)
-def test_average_function_vector_mistake_is_named(model, wrong):
-    with pytest.raises(CheckFailure, match=re.escape(AVERAGE_FUNCTION_VECTOR[wrong])):
-        check_average_function_vector(wrong, model)
+test_average_function_vector_mistake_is_named = mistakes_are_named(
+    check_average_function_vector, AVERAGE_FUNCTION_VECTOR)
 
 
-@pytest.mark.parametrize("wrong", list(DECODE_VECTOR), ids=lambda f: f.__name__)
-def test_decode_vector_mistake_is_named(model, wrong):
-    with pytest.raises(CheckFailure, match=re.escape(DECODE_VECTOR[wrong])):
-        check_decode_vector(wrong, model)
+test_decode_vector_mistake_is_named = mistakes_are_named(check_decode_vector, DECODE_VECTOR)
 
 
-@pytest.mark.parametrize("correct", AVERAGE_FUNCTION_VECTOR_CORRECT, ids=lambda f: f.__name__)
-def test_average_function_vector_accepts_other_correct_versions(model, correct):
-    check_average_function_vector(correct, model)
-    check_average_function_vector(correct, model, hidden=True)
+test_average_function_vector_accepts_other_correct_versions = correct_versions_pass(
+    check_average_function_vector, AVERAGE_FUNCTION_VECTOR_CORRECT, hidden=True)
 
 
-@pytest.mark.parametrize("correct", DECODE_VECTOR_CORRECT, ids=lambda f: f.__name__)
-def test_decode_vector_accepts_other_correct_versions(model, correct):
-    check_decode_vector(correct, model)
-    check_decode_vector(correct, model, hidden=True)
+test_decode_vector_accepts_other_correct_versions = correct_versions_pass(
+    check_decode_vector, DECODE_VECTOR_CORRECT, hidden=True)
 
 
 def test_enough_named_mistakes():

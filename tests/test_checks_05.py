@@ -11,6 +11,7 @@ from fv_exercises.checks import CheckFailure
 from fv_exercises.checks.ablation import check_ablate_function_vector
 from fv_exercises.reference.ablation import ablate_function_vector
 
+from check_suite import correct_versions_pass, mistakes_are_named
 from wrong_05 import ABLATE_FUNCTION_VECTOR, ABLATE_FUNCTION_VECTOR_CORRECT
 
 
@@ -20,16 +21,11 @@ def test_reference_passes(model, capsys):
     assert "matches the reference" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("wrong", list(ABLATE_FUNCTION_VECTOR), ids=lambda f: f.__name__)
-def test_mistake_is_named(model, wrong):
-    with pytest.raises(CheckFailure, match=re.escape(ABLATE_FUNCTION_VECTOR[wrong])):
-        check_ablate_function_vector(wrong, model)
+test_mistake_is_named = mistakes_are_named(check_ablate_function_vector, ABLATE_FUNCTION_VECTOR)
 
 
-@pytest.mark.parametrize("correct", ABLATE_FUNCTION_VECTOR_CORRECT, ids=lambda f: f.__name__)
-def test_other_correct_versions_pass(model, correct):
-    check_ablate_function_vector(correct, model)
-    check_ablate_function_vector(correct, model, hidden=True)
+test_other_correct_versions_pass = correct_versions_pass(
+    check_ablate_function_vector, ABLATE_FUNCTION_VECTOR_CORRECT, hidden=True)
 
 
 def test_check_recovers_from_leaked_hook(model):

@@ -14,6 +14,7 @@ from fv_exercises.checks.generation import (_CASES, _HIDDEN, case_vector,
 from fv_exercises.generation import at_last_position, generate_tokens
 from fv_exercises.reference.generation import generate_with_function_vector
 
+from check_suite import correct_versions_pass, mistakes_are_named
 from wrong_06 import GENERATE, GENERATE_CORRECT
 
 
@@ -23,17 +24,11 @@ def test_reference_passes(model, capsys):
     assert "matches the reference" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("wrong", list(GENERATE), ids=lambda f: f.__name__)
-def test_mistake_is_named(model, wrong):
-    with pytest.raises(CheckFailure, match=re.escape(GENERATE[wrong])):
-        check_generate_with_function_vector(wrong, model)
-    assert not any(hp._forward_hooks for hp in model.hook_dict.values()), "check left hooks behind"
+test_mistake_is_named = mistakes_are_named(check_generate_with_function_vector, GENERATE)
 
 
-@pytest.mark.parametrize("correct", GENERATE_CORRECT, ids=lambda f: f.__name__)
-def test_accepts_other_correct_versions(model, correct):
-    check_generate_with_function_vector(correct, model)
-    check_generate_with_function_vector(correct, model, hidden=True)
+test_accepts_other_correct_versions = correct_versions_pass(
+    check_generate_with_function_vector, GENERATE_CORRECT, hidden=True)
 
 
 def test_check_recovers_from_leaked_hook(model):

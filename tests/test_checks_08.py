@@ -3,7 +3,6 @@ correct implementations written differently pass."""
 
 from __future__ import annotations
 
-import re
 
 import pytest
 import torch
@@ -12,6 +11,7 @@ from fv_exercises.checks import CheckFailure
 from fv_exercises.checks.sycophancy import check_steered_agreement, check_sycophancy_vector
 from fv_exercises.reference.sycophancy import steered_agreement, sycophancy_vector
 
+from check_suite import correct_versions_pass, mistakes_are_named
 from wrong_08 import (STEERED_AGREEMENT, STEERED_AGREEMENT_CORRECT, SYCOPHANCY_VECTOR,
                       SYCOPHANCY_VECTOR_CORRECT)
 
@@ -22,33 +22,36 @@ def test_reference_sycophancy_vector_passes(model, capsys):
     assert "matches the reference" in capsys.readouterr().out
 
 
+def test_check_computes_the_references_vector(model):
+    """The check's batched vector (one padded pass per list, stopped after the layer) is the
+    reference's (one pass per prompt)."""
+    from fv_exercises.checks.sycophancy import _SV_CASES, _SV_HIDDEN, _sv_reference
+
+    for case in _SV_CASES + _SV_HIDDEN:
+        syc, honest, layer = case.inputs(model)
+        looped = sycophancy_vector(model, syc, honest, layer).float()
+        batched = _sv_reference(model, case, syc, honest, layer)
+        assert torch.allclose(looped, batched, atol=1e-4), (case, (looped - batched).abs().max())
+
+
 def test_reference_steered_agreement_passes(model, capsys):
     check_steered_agreement(steered_agreement, model)
     check_steered_agreement(steered_agreement, model, hidden=True)
     assert "matches the reference" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("wrong", list(SYCOPHANCY_VECTOR), ids=lambda f: f.__name__)
-def test_sycophancy_vector_mistake_is_named(model, wrong):
-    with pytest.raises(CheckFailure, match=re.escape(SYCOPHANCY_VECTOR[wrong])):
-        check_sycophancy_vector(wrong, model)
+test_sycophancy_vector_mistake_is_named = mistakes_are_named(check_sycophancy_vector, SYCOPHANCY_VECTOR)
 
 
-@pytest.mark.parametrize("wrong", list(STEERED_AGREEMENT), ids=lambda f: f.__name__)
-def test_steered_agreement_mistake_is_named(model, wrong):
-    with pytest.raises(CheckFailure, match=re.escape(STEERED_AGREEMENT[wrong])):
-        check_steered_agreement(wrong, model)
-    assert not any(hp._forward_hooks for hp in model.hook_dict.values()), "check left hooks behind"
+test_steered_agreement_mistake_is_named = mistakes_are_named(check_steered_agreement, STEERED_AGREEMENT)
 
 
-@pytest.mark.parametrize("correct", SYCOPHANCY_VECTOR_CORRECT, ids=lambda f: f.__name__)
-def test_sycophancy_vector_accepts_other_correct_versions(model, correct):
-    check_sycophancy_vector(correct, model)
+test_sycophancy_vector_accepts_other_correct_versions = correct_versions_pass(
+    check_sycophancy_vector, SYCOPHANCY_VECTOR_CORRECT)
 
 
-@pytest.mark.parametrize("correct", STEERED_AGREEMENT_CORRECT, ids=lambda f: f.__name__)
-def test_steered_agreement_accepts_other_correct_versions(model, correct):
-    check_steered_agreement(correct, model)
+test_steered_agreement_accepts_other_correct_versions = correct_versions_pass(
+    check_steered_agreement, STEERED_AGREEMENT_CORRECT)
 
 
 def test_check_recovers_from_leaked_hook(model):

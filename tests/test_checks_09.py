@@ -5,7 +5,6 @@ The reference itself is graded (visible and hidden cases) by the nbgrader round 
 
 from __future__ import annotations
 
-import re
 
 import pytest
 
@@ -14,42 +13,34 @@ from fv_exercises.checks.exercises import (check_extract_function_vector,
                                            check_find_minimal_heads,
                                            check_test_function_vector)
 
+from check_suite import correct_versions_pass, mistakes_are_named
 from wrong_09 import (EXTRACT_FUNCTION_VECTOR, EXTRACT_FUNCTION_VECTOR_CORRECT,
                       FIND_MINIMAL_HEADS, FIND_MINIMAL_HEADS_CORRECT, TEST_FUNCTION_VECTOR,
                       TEST_FUNCTION_VECTOR_CORRECT)
 
 
-@pytest.mark.parametrize("wrong", list(EXTRACT_FUNCTION_VECTOR), ids=lambda f: f.__name__)
-def test_extract_function_vector_mistake_is_named(model, wrong):
-    with pytest.raises(CheckFailure, match=re.escape(EXTRACT_FUNCTION_VECTOR[wrong])):
-        check_extract_function_vector(wrong, model)
+test_extract_function_vector_mistake_is_named = mistakes_are_named(
+    check_extract_function_vector, EXTRACT_FUNCTION_VECTOR)
 
 
-@pytest.mark.parametrize("wrong", list(TEST_FUNCTION_VECTOR), ids=lambda f: f.__name__)
-def test_test_function_vector_mistake_is_named(model, wrong):
-    with pytest.raises(CheckFailure, match=re.escape(TEST_FUNCTION_VECTOR[wrong])):
-        check_test_function_vector(wrong, model)
+test_test_function_vector_mistake_is_named = mistakes_are_named(
+    check_test_function_vector, TEST_FUNCTION_VECTOR)
 
 
-@pytest.mark.parametrize("wrong", list(FIND_MINIMAL_HEADS), ids=lambda f: f.__name__)
-def test_find_minimal_heads_mistake_is_named(model, wrong):
-    with pytest.raises(CheckFailure, match=re.escape(FIND_MINIMAL_HEADS[wrong])):
-        check_find_minimal_heads(wrong, model)
+test_find_minimal_heads_mistake_is_named = mistakes_are_named(
+    check_find_minimal_heads, FIND_MINIMAL_HEADS)
 
 
-@pytest.mark.parametrize("correct", EXTRACT_FUNCTION_VECTOR_CORRECT, ids=lambda f: f.__name__)
-def test_extract_function_vector_accepts_other_correct_versions(model, correct):
-    check_extract_function_vector(correct, model)
+test_extract_function_vector_accepts_other_correct_versions = correct_versions_pass(
+    check_extract_function_vector, EXTRACT_FUNCTION_VECTOR_CORRECT)
 
 
-@pytest.mark.parametrize("correct", TEST_FUNCTION_VECTOR_CORRECT, ids=lambda f: f.__name__)
-def test_test_function_vector_accepts_other_correct_versions(model, correct):
-    check_test_function_vector(correct, model)
+test_test_function_vector_accepts_other_correct_versions = correct_versions_pass(
+    check_test_function_vector, TEST_FUNCTION_VECTOR_CORRECT)
 
 
-@pytest.mark.parametrize("correct", FIND_MINIMAL_HEADS_CORRECT, ids=lambda f: f.__name__)
-def test_find_minimal_heads_accepts_other_correct_versions(model, correct):
-    check_find_minimal_heads(correct, model)
+test_find_minimal_heads_accepts_other_correct_versions = correct_versions_pass(
+    check_find_minimal_heads, FIND_MINIMAL_HEADS_CORRECT)
 
 
 def test_check_recovers_from_leaked_hook(model):

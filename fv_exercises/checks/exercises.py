@@ -35,7 +35,7 @@ from fv_exercises.checks.core import (
     repeat_consistent,
     stale_state_message,
 )
-from fv_exercises.checks.task_vectors import _all_states, _mtv_variants
+from fv_exercises.checks.task_vectors import _all_states, _mtv_variants, neighbour_layers
 from fv_exercises.evaluation import resid_post_name as _post
 from fv_exercises.evaluation import top1_accuracy, top1_correct
 from fv_exercises.exercises import projections, query_alone
@@ -61,8 +61,10 @@ def _efv_variants(model, prompts: list[str], layer: int) -> Iterator[tuple[str, 
                                             name="extract_function_vector"):
         yield (description.replace("zero-shot mean", "mean of the queries alone (the baseline)")
                .replace("(zero-shot minus ICL)", "(queries alone minus few-shot)")), value
-    with_demos = torch.stack([s[-1] for s in _all_states(model, prompts, [layer])[layer]])
-    alone = torch.stack([s[-1] for s in _all_states(model, queries, [layer])[layer]])
+    # the same states notebook 01's variants above read (kept per model: not run again)
+    layers = neighbour_layers(model, layer)
+    with_demos = torch.stack([s[-1] for s in _all_states(model, prompts, layers)[layer]])
+    alone = torch.stack([s[-1] for s in _all_states(model, queries, layers)[layer]])
     unit = lambda x: x / x.norm(dim=-1, keepdim=True)  # noqa: E731
     yield ("you normalised each prompt's state to unit length before averaging; average the raw "
            "states, then subtract.", unit(with_demos).mean(0) - unit(alone).mean(0))
@@ -458,14 +460,13 @@ def _accuracy(model, vector: Tensor, layer: int, prompts, answers) -> float:
     return top1_accuracy(model, prompts, answers, add={layer: vector})
 
 
-def _prefix_choice(model, fv, layer, shares, order, prompts, answers, target, strict=False,
-                   single=False) -> list[Head]:
+def _prefix_choice(acc_of: Callable[[tuple[Head, ...]], float], order: list[Head], target: float,
+                   strict: bool = False, single: bool = False) -> list[Head]:
     """The first prefix of ``order`` (or, with ``single``, the first head alone) whose accuracy
-    reaches ``target``; all of ``order`` if none does."""
-    partial = torch.zeros_like(fv)
+    (``acc_of(heads)``: the accuracy of their summed shares) reaches ``target``; all of ``order``
+    if none does."""
     for k, head in enumerate(order, start=1):
-        partial = partial + shares[head]
-        acc = _accuracy(model, shares[head] if single else partial, layer, prompts, answers)
+        acc = acc_of((head,) if single else tuple(order[:k]))
         if acc > target if strict else acc >= target:
             return [head] if single else list(order[:k])
     return list(order)
@@ -478,8 +479,17 @@ def _fmh_variants(model, fv, layer, shares, prompts, answers, threshold, full_ac
     comp = projections(shares, fv)
     by = lambda key, reverse=True: sorted(shares, key=key, reverse=reverse)  # noqa: E731
     target = threshold * full_acc
-    choose = lambda order, **kw: _prefix_choice(model, fv, layer, shares, order, prompts,  # noqa: E731
-                                                answers, kw.pop("target", target), **kw)
+    known: dict[frozenset, float] = {}  # the mistakes' orders share many head sets
+
+    def acc_of(heads: tuple[Head, ...]) -> float:
+        if frozenset(heads) not in known:
+            vector = torch.zeros_like(fv)
+            for h in heads:  # summed in order, as a learner's loop sums them
+                vector = vector + shares[h]
+            known[frozenset(heads)] = _accuracy(model, vector, layer, prompts, answers)
+        return known[frozenset(heads)]
+
+    choose = lambda order, **kw: _prefix_choice(acc_of, order, kw.pop("target", target), **kw)  # noqa: E731
     yield ("ascending", "you ranked the heads SMALLEST component first; rank largest first "
            "(`sorted(..., reverse=True)`).", choose(by(comp.get, reverse=False)))
     yield ("norm", "you ranked the heads by the NORM of their share; a large share orthogonal to "

@@ -34,6 +34,7 @@ from fv_exercises.checks.core import (
     reset_global_state,
     stale_state_message,
 )
+from fv_exercises.checks.task_vectors import add_state_variant
 from fv_exercises.evaluation import resid_post_name as _post
 from fv_exercises.nnsight_model import hf_module, matching_bos, tl_generate_with_vector
 
@@ -197,20 +198,11 @@ def _tokens(model, prompt: str, bos: bool | None = None) -> Tensor:
 def _tl_add_state(model, icl: str, zero: str, read: str, write: str, read_pos: int = -1,
                   every_position: bool = False, scale: float = 1.0, icl_bos: bool | None = None,
                   from_zero: bool = False) -> Tensor:
-    """TransformerLens: logits of ``zero`` with a state read at hook ``read`` added at ``write``."""
+    """TransformerLens: logits of ``zero`` with a state read at hook ``read`` added at ``write``
+    (notebook 01's variant, with this notebook's tokenization and BOS choices)."""
     source = _tokens(model, zero) if from_zero else _tokens(model, icl, icl_bos)
-    _, cache = model.run_with_cache(source, names_filter=lambda n: n == read)
-    h = cache[read][:, read_pos] * scale
-
-    def hook(resid: Tensor, hook=None) -> Tensor:
-        resid = resid.clone()
-        if every_position:
-            resid += h[:, None]
-        else:
-            resid[:, -1] += h
-        return resid
-
-    return model.run_with_hooks(_tokens(model, zero), fwd_hooks=[(write, hook)])
+    return add_state_variant(model, source, _tokens(model, zero), read, write, read_pos,
+                             every_position, scale)
 
 
 def _tv_variants(model, icl: str, zero: str, layer: int) -> Iterator[tuple[str, Tensor]]:

@@ -19,6 +19,7 @@ from torch import Tensor
 from fv_exercises.checks.core import (
     CheckFailure,
     as_tensor,
+    cached_per_model,
     call_learner,
     compare,
     padding_message,
@@ -27,6 +28,7 @@ from fv_exercises.checks.core import (
     stale_state_message,
     token_lengths,
 )
+from fv_exercises.evaluation import last_position_states
 from fv_exercises.evaluation import resid_post_name as _post
 from fv_exercises.sycophancy import ChoicePrompts, build_prompts, load_claims
 
@@ -97,14 +99,14 @@ def _padded_states(model, texts: list[str], hook_name: str) -> Tensor:
 
 
 def _sv_reference(model, case: VectorCase, syc: list[str], honest: list[str], layer: int) -> Tensor:
-    from fv_exercises.reference.sycophancy import sycophancy_vector as reference
+    """``[d_model]``: the reference's ``sycophancy_vector`` (one forward pass per prompt), computed
+    with one right-padded pass per list that stops after ``layer``, once per model;
+    tests/test_checks_08.py asserts the two agree."""
+    def compute() -> Tensor:
+        return (last_position_states(model, syc, layer).float().mean(0)
+                - last_position_states(model, honest, layer).float().mean(0))
 
-    per_model = _REFERENCE.setdefault(model, {})
-    key = ("sv", case)
-    if key not in per_model:
-        model.reset_hooks()
-        per_model[key] = reference(model, syc, honest, layer).detach().float()
-    return per_model[key]
+    return cached_per_model(model, ("sycophancy_vector", case), compute)
 
 
 def _sv_variants(model, syc: list[str], honest: list[str], layer: int) -> Iterator[tuple[str, Tensor]]:
@@ -158,7 +160,7 @@ def check_sycophancy_vector(fn: Callable, model, hidden: bool = False) -> None:
     """
     name = "sycophancy_vector"
     cases = _SV_HIDDEN if hidden else _SV_CASES
-    with quiet():
+    with quiet(model):
         first: str | None = None
         for i, case in enumerate(cases):
             syc, honest, layer = case.inputs(model)

@@ -24,7 +24,7 @@ from fv_exercises.checks.core import (
     token_lengths,
 )
 from fv_exercises.evaluation import resid_post_name as _post
-from fv_exercises.evaluation import tokenize_right_padded
+from fv_exercises.evaluation import last_position_states
 
 # --------------------------------------------------------------------------------------------
 # find_task_vector
@@ -35,9 +35,11 @@ _FTV_CASES = (Case("antonym", seed=0, layer_fraction=0.65), Case("capitalize", s
 _FTV_HIDDEN = (Case("present_past", seed=3, layer_fraction=0.4), Case("country_capital", seed=5, layer_fraction=0.9))
 
 
-def _add_state_variant(model, icl_prompt: str, zero_prompt: str, read: str, write: str,
-                       read_pos: int = -1, every_position: bool = False, scale: float = 1.0) -> Tensor:
-    """Logits of ``zero_prompt`` with the ICL state at hook ``read`` added at hook ``write``."""
+def add_state_variant(model, icl_prompt: str | Tensor, zero_prompt: str | Tensor, read: str,
+                      write: str, read_pos: int = -1, every_position: bool = False,
+                      scale: float = 1.0) -> Tensor:
+    """Logits of ``zero_prompt`` with the ICL state at hook ``read`` added at hook ``write``
+    (prompts as text or as ``[1, seq]`` tokens; a variant of the recipe for naming mistakes)."""
     _, cache = model.run_with_cache(icl_prompt, names_filter=lambda n: n == read)
     h = cache[read][:, read_pos] * scale
 
@@ -59,20 +61,20 @@ def _ftv_variants(model, icl: str, zero: str, layer: int) -> Iterator[tuple[str,
            model(zero))
     yield ("h was taken from the FIRST position of the ICL prompt (index 0); the task is encoded "
            "at the final position (index -1).",
-           _add_state_variant(model, icl, zero, _post(layer), _post(layer), read_pos=0))
+           add_state_variant(model, icl, zero, _post(layer), _post(layer), read_pos=0))
     yield ("h was added at EVERY position of the zero-shot prompt; add it at the final position "
-           "only.", _add_state_variant(model, icl, zero, _post(layer), _post(layer), every_position=True))
+           "only.", add_state_variant(model, icl, zero, _post(layer), _post(layer), every_position=True))
     yield ("h was added twice (or doubled).",
-           _add_state_variant(model, icl, zero, _post(layer), _post(layer), scale=2.0))
+           add_state_variant(model, icl, zero, _post(layer), _post(layer), scale=2.0))
     # blocks.{l}.hook_resid_pre is the same tensor as blocks.{l-1}.hook_resid_post.
     early = f" (or `hook_resid_pre`, which is the residual stream BEFORE block {layer})"
     for other in (layer - 1, layer + 1):
         if 0 <= other < model.cfg.n_layers:
             hint = early if other == layer - 1 else ""
             yield (f"h was read from layer {other}{hint}, not from `hook_resid_post` of layer "
-                   f"{layer} (off by one?).", _add_state_variant(model, icl, zero, _post(other), _post(layer)))
+                   f"{layer} (off by one?).", add_state_variant(model, icl, zero, _post(other), _post(layer)))
             yield (f"h was added at layer {other}{hint}, not at `hook_resid_post` of layer {layer} "
-                   "(off by one?).", _add_state_variant(model, icl, zero, _post(layer), _post(other)))
+                   "(off by one?).", add_state_variant(model, icl, zero, _post(layer), _post(other)))
 
 
 def _ftv_inputs(model, case: Case) -> tuple[str, str, int]:
@@ -128,16 +130,11 @@ def reference_mean_task_vector(model, icl: list[str], zero: list[str], layer: in
     """``[d_model]``: the reference's ``mean_task_vector`` (one forward pass per prompt), computed
     with one right-padded pass per list that stops after ``layer``, once per model and inputs;
     tests/test_checks_01.py asserts the two agree."""
-    hook_name = _post(layer)
+    def compute() -> Tensor:
+        return (last_position_states(model, icl, layer).float().mean(0)
+                - last_position_states(model, zero, layer).float().mean(0))
 
-    def final_states(prompts: list[str]) -> Tensor:
-        tokens, last = tokenize_right_padded(model, prompts)
-        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n == hook_name,
-                                        stop_at_layer=layer + 1)
-        return cache[hook_name][torch.arange(len(prompts)), last].float()
-
-    return cached_per_model(model, ("mean_task_vector", tuple(icl), tuple(zero), layer),
-                            lambda: final_states(icl).mean(0) - final_states(zero).mean(0))
+    return cached_per_model(model, ("mean_task_vector", tuple(icl), tuple(zero), layer), compute)
 
 
 def _padded_final_states(model, prompts: list[str], hook_name: str) -> Tensor:
@@ -147,21 +144,30 @@ def _padded_final_states(model, prompts: list[str], hook_name: str) -> Tensor:
 
 
 def _all_states(model, prompts: list[str], layers: list[int]) -> dict[int, list[Tensor]]:
-    """``{layer: [resid_post of prompt i, [seq_i, d_model]]}``: one forward pass per prompt."""
-    names = {_post(l) for l in layers}
-    out: dict[int, list[Tensor]] = {l: [] for l in layers}
-    for p in prompts:
-        _, cache = model.run_with_cache(p, names_filter=lambda n: n in names)
-        for l in layers:
-            out[l].append(cache[_post(l)][0])
-    return out
+    """``{layer: [resid_post of prompt i, [seq_i, d_model]]}``: one forward pass per prompt, once
+    per model and inputs (the variants of notebooks 01 and 09 read the same states)."""
+    def compute() -> dict[int, list[Tensor]]:
+        names = {_post(l) for l in layers}
+        out: dict[int, list[Tensor]] = {l: [] for l in layers}
+        for p in prompts:
+            _, cache = model.run_with_cache(p, names_filter=lambda n: n in names)
+            for l in layers:
+                out[l].append(cache[_post(l)][0])
+        return out
+
+    return cached_per_model(model, ("resid_post states", tuple(prompts), tuple(layers)), compute)
+
+
+def neighbour_layers(model, layer: int) -> list[int]:
+    """``layer`` and the layers either side of it that exist (off-by-one mistakes read those)."""
+    return [l for l in (layer - 1, layer, layer + 1) if 0 <= l < model.cfg.n_layers]
 
 
 def _mtv_variants(model, icl: list[str], zero: list[str], layer: int,
                   name: str = "mean_task_vector") -> Iterator[tuple[str, Tensor]]:
     """Known mistakes of ``mean_task_vector``, all derived from one run per prompt (and, for
     padding, one batched run per list)."""
-    layers = [l for l in (layer - 1, layer, layer + 1) if 0 <= l < model.cfg.n_layers]
+    layers = neighbour_layers(model, layer)
     A, B = _all_states(model, icl, layers), _all_states(model, zero, layers)
 
     def mean_at(states: list[Tensor], pos: int) -> Tensor:
