@@ -132,7 +132,7 @@ def bench_grade(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="fv-grade-bench-") as tmp:
         for name in names:
             for mode in modes:
-                n = args.full_submissions if mode == "full" and args.full_submissions else args.submissions
+                n = full_n if mode == "full" else args.submissions
                 t = grade_batch(Path(tmp), name, n, mode)
                 rows.setdefault(name, {})[mode] = t
                 print(f"  {name:24} {mode:6} {t.per_submission:6.1f} s/submission  "

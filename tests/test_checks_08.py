@@ -25,12 +25,13 @@ def test_reference_sycophancy_vector_passes(model, capsys):
 def test_check_computes_the_references_vector(model):
     """The check's batched vector (one padded pass per list, stopped after the layer) is the
     reference's (one pass per prompt)."""
-    from fv_exercises.checks.sycophancy import _SV_CASES, _SV_HIDDEN, _sv_reference
+    from fv_exercises.checks.sycophancy import _SV_CASES, _SV_HIDDEN
+    from fv_exercises.checks.task_vectors import reference_mean_task_vector
 
     for case in _SV_CASES + _SV_HIDDEN:
         syc, honest, layer = case.inputs(model)
         looped = sycophancy_vector(model, syc, honest, layer).float()
-        batched = _sv_reference(model, case, syc, honest, layer)
+        batched = reference_mean_task_vector(model, syc, honest, layer)
         assert torch.allclose(looped, batched, atol=1e-4), (case, (looped - batched).abs().max())
 
 

@@ -482,12 +482,13 @@ def _fmh_variants(model, fv, layer, shares, prompts, answers, threshold, full_ac
     known: dict[frozenset, float] = {}  # the mistakes' orders share many head sets
 
     def acc_of(heads: tuple[Head, ...]) -> float:
-        if frozenset(heads) not in known:
+        key = frozenset(heads)
+        if key not in known:
             vector = torch.zeros_like(fv)
             for h in heads:  # summed in order, as a learner's loop sums them
                 vector = vector + shares[h]
-            known[frozenset(heads)] = _accuracy(model, vector, layer, prompts, answers)
-        return known[frozenset(heads)]
+            known[key] = _accuracy(model, vector, layer, prompts, answers)
+        return known[key]
 
     choose = lambda order, **kw: _prefix_choice(acc_of, order, kw.pop("target", target), **kw)  # noqa: E731
     yield ("ascending", "you ranked the heads SMALLEST component first; rank largest first "

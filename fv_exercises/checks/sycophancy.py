@@ -28,7 +28,7 @@ from fv_exercises.checks.core import (
     stale_state_message,
     token_lengths,
 )
-from fv_exercises.evaluation import last_position_states
+from fv_exercises.checks.task_vectors import reference_mean_task_vector
 from fv_exercises.evaluation import resid_post_name as _post
 from fv_exercises.sycophancy import ChoicePrompts, build_prompts, load_claims
 
@@ -98,17 +98,6 @@ def _padded_states(model, texts: list[str], hook_name: str) -> Tensor:
     return cache[hook_name][:, -1]
 
 
-def _sv_reference(model, case: VectorCase, syc: list[str], honest: list[str], layer: int) -> Tensor:
-    """``[d_model]``: the reference's ``sycophancy_vector`` (one forward pass per prompt), computed
-    with one right-padded pass per list that stops after ``layer``, once per model;
-    tests/test_checks_08.py asserts the two agree."""
-    def compute() -> Tensor:
-        return (last_position_states(model, syc, layer).float().mean(0)
-                - last_position_states(model, honest, layer).float().mean(0))
-
-    return cached_per_model(model, ("sycophancy_vector", case), compute)
-
-
 def _sv_variants(model, syc: list[str], honest: list[str], layer: int) -> Iterator[tuple[str, Tensor]]:
     """Known mistakes of ``sycophancy_vector`` and the vectors they give (lazy, cheapest first)."""
     post = _post(layer)
@@ -164,7 +153,8 @@ def check_sycophancy_vector(fn: Callable, model, hidden: bool = False) -> None:
         first: str | None = None
         for i, case in enumerate(cases):
             syc, honest, layer = case.inputs(model)
-            expected = _sv_reference(model, case, syc, honest, layer)
+            # the same computation as notebook 01's mean_task_vector (assertion vs neutral prompts)
+            expected = reference_mean_task_vector(model, syc, honest, layer)
             shape = tuple(expected.shape)
             got = as_tensor(call_learner(fn, name, model, list(syc), list(honest), layer), name,
                             shape, "sycophancy vector [d_model]")

@@ -128,8 +128,9 @@ _MTV_HIDDEN = (Case("country_capital", seed=7, layer_fraction=0.3, n_prompts=3),
 
 def reference_mean_task_vector(model, icl: list[str], zero: list[str], layer: int) -> Tensor:
     """``[d_model]``: the reference's ``mean_task_vector`` (one forward pass per prompt), computed
-    with one right-padded pass per list that stops after ``layer``, once per model and inputs;
-    tests/test_checks_01.py asserts the two agree."""
+    with one right-padded pass per list that stops after ``layer``, once per model and inputs.
+    Notebook 08's ``sycophancy_vector`` is the same computation. tests/test_checks_01.py and
+    tests/test_checks_08.py assert that it agrees with both references."""
     def compute() -> Tensor:
         return (last_position_states(model, icl, layer).float().mean(0)
                 - last_position_states(model, zero, layer).float().mean(0))
