@@ -163,13 +163,15 @@ def layer_sweep(
 ) -> Tensor:
     """Top-1 accuracy when ``vectors[l]`` is added at layer ``l``'s last position: ``[n_layers]``.
 
+    The same numbers as ``top1_accuracy(model, prompts, answers, add={l: vectors[l]})`` for each
+    layer, computed the cheap way (:func:`fv_exercises.recipe.steered_top1`: the prompts run once,
+    their last position is recomputed from each layer up).
+
     Args:
         vectors: ``[n_layers, d_model]``, one vector per layer (e.g. ``mean_resid_post`` output).
+        progress: kept for callers of the earlier, layer-by-layer version (one call now: no bar).
     """
-    from tqdm.auto import tqdm
+    from fv_exercises.recipe import steered_top1
 
-    layers = range(vectors.shape[0])
-    return torch.tensor([
-        top1_accuracy(model, prompts, answers, add={layer: vectors[layer]})
-        for layer in tqdm(layers, desc="layer sweep", disable=not progress)
-    ])
+    variants = [{layer: vectors[layer]} for layer in range(vectors.shape[0])]
+    return steered_top1(model, prompts, answers, variants).float().mean(1)

@@ -15,6 +15,10 @@ For each assignment it builds a scratch course (its own gradebook, in a temporar
   Every cell then does its full work, as when a learner runs the notebook; nbgrader's own work
   (sanitising, the gradebook, writing files) is the same in both.
 
+With ``--shards K`` (default 2, one per core of the course's 2-core reference machine) the batch
+is split across ``K`` scratch courses autograded side by side, each kernel with one torch thread
+(``OMP_NUM_THREADS=1``): the way docs/instructors.md section 7 grades a class on one machine.
+
 It prints the seconds per notebook submission (batch wall time / submissions) in each mode, the
 slowest grade cell and the slowest cell (from nbclient's per-cell timing in the autograded
 notebooks: what ``Execute.timeout`` in ``nbgrader_config.py`` must exceed), and checks that every
@@ -30,7 +34,8 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nbformat
@@ -41,7 +46,7 @@ MODES = ("graded", "full")
 
 @dataclass
 class BatchTiming:
-    """One autograde batch: wall time, and the slowest cells over its submissions."""
+    """One autograde batch (all its shards): wall time, and the cells' seconds over its submissions."""
 
     assignment: str
     mode: str
@@ -50,10 +55,20 @@ class BatchTiming:
     slowest_grade_cell: tuple[str, float]
     slowest_cell: tuple[str, float]
     lost_points: list[str]
+    shards: int = 1
+    grade_seconds: float = 0.0  # summed over the submissions' grade cells
+    grade_cells: dict[str, float] = field(default_factory=dict)  # grade_id -> mean seconds
+    other_seconds: float = 0.0  # summed over the submissions' other code cells
 
     @property
     def per_submission(self) -> float:
         return self.seconds / self.submissions
+
+    @property
+    def grade_share(self) -> float:
+        """Share of the kernels' cell time spent in grade cells."""
+        total = self.grade_seconds + self.other_seconds
+        return self.grade_seconds / total if total else float("nan")
 
 
 def full_size_kernel(folder: Path) -> dict[str, str]:
@@ -76,39 +91,64 @@ def full_size_kernel(folder: Path) -> dict[str, str]:
     return env
 
 
-def grade_batch(workdir: Path, name: str, n: int, mode: str) -> BatchTiming:
-    """Autograde ``n`` copies of the reference submission of ``name`` in a scratch course."""
+def shard_sizes(n: int, shards: int) -> list[int]:
+    """``n`` submissions over at most ``shards`` shards, as evenly as possible (no empty shard)."""
+    shards = max(1, min(shards, n))
+    return [n // shards + (i < n % shards) for i in range(shards)]
+
+
+def grade_batch(workdir: Path, name: str, n: int, mode: str, shards: int = 1) -> BatchTiming:
+    """Autograde ``n`` copies of the reference submission of ``name``, split over ``shards``
+    scratch courses graded side by side (each kernel one torch thread when ``shards > 1``)."""
     from fv_exercises.autograding import (
         cell_scores, cell_seconds, nbgrader, notebook_path, reference_submission, scratch_course,
         submit)
     from fv_exercises.course import tool_env
 
-    root = workdir / f"{name}-{mode}"
-    scratch_course(root, [name])
-    reference = reference_submission(root, name)
-    students = [f"student{i:03d}" for i in range(1, n + 1)]
-    for student in students:
-        submit(root, name, student, reference)
+    sizes = shard_sizes(n, shards)
+    roots, students = [], []
+    for i, size in enumerate(sizes):
+        root = workdir / f"{name}-{mode}-shard{i}"
+        scratch_course(root, [name])
+        reference = reference_submission(root, name)
+        names = [f"student{i}{j:03d}" for j in range(1, size + 1)]
+        for student in names:
+            submit(root, name, student, reference)
+        roots.append(root)
+        students.append(names)
     env = full_size_kernel(workdir / "full-size-kernel") if mode == "full" else tool_env()
+    if len(sizes) > 1:
+        # two kernels with two OpenMP threads each on two cores spin-wait for each other
+        env = dict(env, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     start = time.perf_counter()
-    result = nbgrader(root, "autograde", name, "--create", check=False, env=env)
+    with ThreadPoolExecutor(len(roots)) as pool:
+        results = list(pool.map(
+            lambda root: nbgrader(root, "autograde", name, "--create", check=False, env=env), roots))
     seconds = time.perf_counter() - start
-    if result.returncode != 0:
-        raise SystemExit(f"nbgrader autograde failed for {name} ({mode}):\n{result.stderr[-3000:]}")
-    grade_ids = set()
+    for result in results:
+        if result.returncode != 0:
+            raise SystemExit(f"nbgrader autograde failed for {name} ({mode}):\n{result.stderr[-3000:]}")
     slowest_grade, slowest = ("-", 0.0), ("-", 0.0)
+    grade_total = other_total = 0.0
+    per_cell: dict[str, float] = {}
     lost = []
-    for student in students:
-        scores = cell_scores(root, name, student)
-        grade_ids |= set(scores)
-        lost += [f"{student}:{cell}" for cell, (s, m) in scores.items() if s != m]
-        nb = nbformat.read(notebook_path(root, "autograded", student, name), as_version=4)
-        for label, secs in cell_seconds(nb):
-            if secs > slowest[1]:
-                slowest = (label, secs)
-            if label in grade_ids and secs > slowest_grade[1]:
-                slowest_grade = (label, secs)
-    return BatchTiming(name, mode, n, seconds, slowest_grade, slowest, lost)
+    for root, names in zip(roots, students):
+        for student in names:
+            scores = cell_scores(root, name, student)
+            lost += [f"{student}:{cell}" for cell, (s, m) in scores.items() if s != m]
+            nb = nbformat.read(notebook_path(root, "autograded", student, name), as_version=4)
+            for label, secs in cell_seconds(nb):
+                if secs > slowest[1]:
+                    slowest = (label, secs)
+                if label in scores:
+                    grade_total += secs
+                    per_cell[label] = per_cell.get(label, 0.0) + secs / n
+                    if secs > slowest_grade[1]:
+                        slowest_grade = (label, secs)
+                else:
+                    other_total += secs
+    return BatchTiming(name, mode, n, seconds, slowest_grade, slowest, lost, len(sizes),
+                       grade_total, per_cell, other_total)
 
 
 def bench_grade(args: argparse.Namespace) -> None:
@@ -126,18 +166,21 @@ def bench_grade(args: argparse.Namespace) -> None:
     full_n = args.full_submissions or args.submissions
     print(f"[grade] {len(names)} notebook(s) x {args.submissions} submissions"
           + (f" ({full_n} in full)" if "full" in modes and full_n != args.submissions else "")
-          + f", modes {modes}; "
+          + f", modes {modes}, {args.shards} shard(s) side by side; "
           "seconds per notebook submission = batch wall time / submissions")
     rows: dict[str, dict[str, BatchTiming]] = {}
     with tempfile.TemporaryDirectory(prefix="fv-grade-bench-") as tmp:
         for name in names:
             for mode in modes:
                 n = full_n if mode == "full" else args.submissions
-                t = grade_batch(Path(tmp), name, n, mode)
+                t = grade_batch(Path(tmp), name, n, mode, args.shards)
                 rows.setdefault(name, {})[mode] = t
                 print(f"  {name:24} {mode:6} {t.per_submission:6.1f} s/submission  "
                       f"slowest grade cell {t.slowest_grade_cell[0]} {t.slowest_grade_cell[1]:.1f} s, "
-                      f"slowest cell {t.slowest_cell[0]} {t.slowest_cell[1]:.1f} s"
+                      f"slowest cell {t.slowest_cell[0]} {t.slowest_cell[1]:.1f} s, "
+                      f"grade cells {t.grade_share:.0%} of cell time ("
+                      + ", ".join(f"{c} {v:.1f}" for c, v in sorted(
+                          t.grade_cells.items(), key=lambda kv: -kv[1])[:3]) + ")"
                       + (f"  LOST POINTS: {t.lost_points[:4]}" if t.lost_points else ""),
                       flush=True)
     print()
@@ -167,6 +210,9 @@ def add_grade_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--full-submissions", type=int, default=None, metavar="N",
                    help="submissions per batch in the full mode (default: --submissions; the full "
                         "mode takes 2-5x longer)")
+    g.add_argument("--shards", type=int, default=2,
+                   help="scratch courses autograded side by side, one torch thread each (default 2: "
+                        "one per core of a 2-core machine; 1 grades the batch in one process)")
     g.add_argument("--modes", default="graded,full",
                    help="graded (NBGRADER_EXECUTION set, as nbgrader runs) and/or full (hidden "
                         "from the kernel); default both")

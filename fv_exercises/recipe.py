@@ -83,16 +83,24 @@ def steered_scores(model, prompts: Sequence[str], answers: Sequence[str],
     wanted = set(names) | {final}
     correct = torch.zeros(len(variants), len(prompts), dtype=torch.bool)
     logprob = torch.zeros(len(variants), len(prompts))
-    groups: dict[int, list[int]] = {}  # first layer of the variant (-1: none) -> variant indices
+    plain = [i for i, v in enumerate(variants) if not v]  # nothing added: the bridge's logits
+    starts: dict[int, list[int]] = {}  # first layer a variant adds at -> its indices
     for i, v in enumerate(variants):
-        groups.setdefault(min(v) if v else -1, []).append(i)
+        if v:
+            starts.setdefault(min(v), []).append(i)
     with torch.no_grad():
         for start in range(0, len(prompts), batch_size):
             tokens, last = tokenize_right_padded(model, prompts[start:start + batch_size])
             logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n in wanted)
             B, S = tokens.shape
             rows_b = torch.arange(B)
+            cols = slice(start, start + B)
             ans = answer_ids[start:start + B]
+            if plain:
+                c, lp = _score(logits[rows_b, last][:, None], ans)
+                correct[plain, cols], logprob[plain, cols] = c.T, lp.T
+            if not starts:
+                continue
             resid_pre = [cache[n] for n in names]  # each [B, S, d_model]
             # resid_post of layer l at the last position = resid_pre of layer l + 1
             post_last = [r[rows_b, last] for r in resid_pre[1:]] + [cache[final][rows_b, last]]
@@ -100,23 +108,23 @@ def steered_scores(model, prompts: Sequence[str], answers: Sequence[str],
             cos, sin = fast.cos_sin(S, resid_pre[0])
             cos_p, sin_p = cos[0, last][:, None], sin[0, last][:, None]
             prefix_mask = torch.arange(S)[None] < last[:, None]
-            kv: dict[int, tuple[Tensor, Tensor]] = {}
-            for first, idx in groups.items():
-                cols = slice(start, start + B)
-                if first < 0:  # nothing added: the bridge's own logits
-                    c, lp = _score(logits[rows_b, last][:, None], ans)
-                    correct[idx, cols], logprob[idx, cols] = c.T, lp.T
-                    continue
-                vs = [variants[i] for i in idx]
-                rows = post_last[first][:, None].repeat(1, len(vs), 1)  # [B, R, d_model]
-                rows = rows + _stacked(vs, first, rows)
-                for l in range(first + 1, n_layers):
-                    if l not in kv:
-                        kv[l] = fast.prefix_kv(l, resid_pre[l], cos, sin)
-                    z = fast.attention(l, rows, kv[l], prefix_mask, cos_p, sin_p)
-                    rows = fast.finish_block(l, rows, z) + _stacked(vs, l, rows)
-                c, lp = _score_rows(fast, rows, ans)  # [B, R]
-                correct[idx, cols], logprob[idx, cols] = c.T, lp.T
+            # One batch of rows (versions of each prompt's last position) that grows layer by
+            # layer: a variant joins at the first layer it adds at, and from there on every
+            # layer runs once for all the rows (one weight read per layer, not per variant).
+            rows, members = None, []  # rows: [B, R, d_model]; members: variant index of each row
+            for l in range(min(starts), n_layers):
+                if members:
+                    z = fast.attention(l, rows, fast.prefix_kv(l, resid_pre[l], cos, sin),
+                                       prefix_mask, cos_p, sin_p)
+                    rows = fast.finish_block(l, rows, z) + _stacked([variants[i] for i in members], l, rows)
+                if l in starts:
+                    new = starts[l]
+                    joined = post_last[l][:, None].repeat(1, len(new), 1)
+                    joined = joined + _stacked([variants[i] for i in new], l, joined)
+                    rows = joined if rows is None else torch.cat([rows, joined], dim=1)
+                    members += new
+            c, lp = _score_rows(fast, rows, ans)  # [B, R]
+            correct[members, cols], logprob[members, cols] = c.T, lp.T
     return correct, logprob
 
 

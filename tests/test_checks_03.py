@@ -21,15 +21,16 @@ def test_reference_find_task_heads_passes(model, capsys):
 
 
 def test_check_computes_the_references_effects(model):
-    """The check's batched effects (all heads of a prompt in one pass) are the reference's."""
+    """The check's effects (the exact last-position scan) are the reference's (a forward pass per
+    head and prompt), well inside the check's 1e-4 tolerance."""
     from fv_exercises.checks.heads import _CASES, _HIDDEN, _case
 
     for case in _CASES + _HIDDEN:
-        layers, mean_z, prompts, answers, batched = _case(model, case)
+        layers, mean_z, prompts, answers, scanned = _case(model, case)
         looped = dict(find_task_heads(model, mean_z, prompts, answers, layers))
-        assert set(looped) == set(batched)
-        worst = max(abs(looped[h] - batched[h]) for h in looped)
-        assert worst < 1e-6, (case, worst)
+        assert set(looped) == set(scanned)
+        worst = max(abs(looped[h] - scanned[h]) for h in looped)
+        assert worst < 1e-5, (case, worst)
 
 
 test_find_task_heads_mistake_is_named = mistakes_are_named(check_find_task_heads, FIND_TASK_HEADS)

@@ -78,14 +78,11 @@ def test_visible_cases_mix_token_lengths(model):
 
 def test_steering_case_moves_the_answer(model):
     """The visible steering case must be one where steering matters, or mistakes would not show."""
-    from fv_exercises.checks.sycophancy import _SA_CASES, _REFERENCE, _sa_variants
+    from fv_exercises.checks.sycophancy import _SA_CASES, _sa_case, _sa_variants
 
     check_steered_agreement(steered_agreement, model)
     case = _SA_CASES[0]
-    expected = _REFERENCE[model][("sa", case)]
-    vector = _REFERENCE[model][("vec", case)]
-    prompts = case.prompts(model)
-    layer = int(round(case.layer_fraction * (model.cfg.n_layers - 1)))
+    prompts, layer, vector, expected = _sa_case(model, case)
     unsteered = next(_sa_variants(model, prompts, vector, layer, case.multiplier))[1]
     assert (expected - unsteered).abs().max() > 0.05
 

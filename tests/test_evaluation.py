@@ -50,3 +50,20 @@ def test_answers_scored_on_first_token_with_leading_space(model):
     assert model.tokenizer.decode(ids[0]).startswith(" ")
     assert ids.tolist() == [model.tokenizer.encode(" cold", add_special_tokens=False)[0],
                             model.tokenizer.encode(" Paris", add_special_tokens=False)[0]]
+
+
+def test_layer_sweep_equals_adding_at_each_layer(model):
+    """layer_sweep (the last position recomputed from each layer up) gives what adding the vector
+    at each layer with a full forward pass gives."""
+    from fv_exercises.evaluation import layer_sweep, mean_resid_post, top1_accuracy
+
+    train = ICLDataset.build("antonym", 3, seed=0, split="train")
+    test = ICLDataset.build("antonym", 3, seed=1, split="test")
+    vectors = mean_resid_post(model, train.prompts) - mean_resid_post(model, train.zero_shot_prompts)
+    layers = [0, 9, 14, 18, 22, model.cfg.n_layers - 1]
+    swept = layer_sweep(model, vectors, test.zero_shot_prompts, test.answers)
+    assert swept.shape == (model.cfg.n_layers,)
+    expected = [top1_accuracy(model, test.zero_shot_prompts, test.answers, add={l: vectors[l]})
+                for l in layers]
+    assert swept[layers].tolist() == expected
+    assert 0 < sum(expected) < len(layers), "the vectors must help at some layers, not all"

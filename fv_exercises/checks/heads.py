@@ -24,7 +24,8 @@ from fv_exercises.checks.core import (
     stale_state_message,
     token_lengths,
 )
-from fv_exercises.heads import mean_head_z
+from fv_exercises.evaluation import answer_token_ids
+from fv_exercises.heads import head_effects, mean_head_z
 
 # Two layers (18 heads on the embedded model): more than the 10 a learner might keep, so a result
 # cut short shows. Shuffled-label prompts of different token lengths (2 and 1 demonstrations),
@@ -99,7 +100,7 @@ def _effects(patched: Tensor, base: Tensor, heads: list[tuple[int, int]], ids: l
 def _mistake_effects(model, mean_z: Tensor, prompts: list[str], answers: list[str],
                      heads: list[tuple[int, int]]) -> Iterator[tuple[str, dict]]:
     """Known mistakes and the effects they give. Scoring mistakes reuse one scan's logits."""
-    ids = [model.tokenizer.encode(" " + a, add_special_tokens=False)[0] for a in answers]
+    ids = answer_token_ids(model, answers).tolist()
     base = _final_logits(model, mean_z, prompts, None)
     patched = _final_logits(model, mean_z, prompts, heads)
     scoring = {
@@ -155,26 +156,21 @@ def _case(model, case: Case) -> tuple[list[int], Tensor, list[str], list[str], d
     """``(layers, mean_z, corrupted prompts, answers, {head: reference effect})``, once per model.
 
     The reference effects are the reference's (``fv_exercises.reference.heads.find_task_heads``:
-    one forward pass per head and prompt) computed batched, all heads of a prompt in one pass
-    (:func:`_final_logits`); tests/test_checks_03.py asserts the two agree to 1e-6.
+    one forward pass per head and prompt) computed with the course's exact scan
+    (:func:`fv_exercises.heads.head_effects`: each prompt's prefix once, the last position
+    recomputed per head); tests/test_checks_03.py asserts the two agree to 1e-5, ten times
+    inside the check's tolerance.
     """
     def compute():
         ps = case.mixed()
         layers = _layers(model, case)
         mean_z = mean_head_z(model, ps.prompts)
         prompts, answers = list(ps.corrupted_prompts), list(ps.answers)
-        return layers, mean_z, prompts, answers, batched_effects(model, mean_z, prompts, answers, layers)
+        heads = [(layer, head) for layer in layers for head in range(model.cfg.n_heads)]
+        effects = head_effects(model, prompts, answers, mean_z, heads=heads)  # [n_layers, n_heads]
+        return layers, mean_z, prompts, answers, {h: effects[h].item() for h in heads}
 
     return cached_per_model(model, ("find_task_heads", case), compute)
-
-
-def batched_effects(model, mean_z: Tensor, prompts: list[str], answers: list[str],
-                    layers: list[int]) -> dict[tuple[int, int], float]:
-    """The reference's ``{(layer, head): mean gain in P(answer)}``, one forward pass per prompt."""
-    heads = [(layer, head) for layer in layers for head in range(model.cfg.n_heads)]
-    ids = [model.tokenizer.encode(" " + a, add_special_tokens=False)[0] for a in answers]
-    return _effects(_final_logits(model, mean_z, prompts, heads),
-                    _final_logits(model, mean_z, prompts, None), heads, ids)
 
 
 def check_find_task_heads(fn: Callable, model, hidden: bool = False) -> None:

@@ -27,6 +27,7 @@ from fv_exercises.checks.core import (
     _fingerprint,
     _learner_frame,
     as_tensor,
+    cached_per_model,
     compare,
     guard_model,
     quiet,
@@ -154,18 +155,10 @@ def call_nnsight_learner(fn: Callable, name: str, nn_model, *args):
     return result
 
 
-# Reference results per bridge and inputs (the bridge is never edited by the learner's nnsight code,
-# and guard_model repairs anything an earlier cell did): tests call a check dozens of times.
-_REFERENCE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
 def _cached(model, key: tuple, compute: Callable):
-    """``compute()`` once per bridge, ``key`` and BOS setting."""
-    table = _REFERENCE.setdefault(model, {})
-    key = key + (bool(model.cfg.default_prepend_bos),)
-    if key not in table:
-        table[key] = compute()
-    return table[key]
+    """``compute()`` once per bridge, ``key`` and BOS setting (the bridge is never edited by the
+    learner's nnsight code, and guard_model repairs anything an earlier cell did)."""
+    return cached_per_model(model, key + (bool(model.cfg.default_prepend_bos),), compute)
 
 
 def _logits_tensor(result, name: str, shape: tuple[int, ...]) -> Tensor:

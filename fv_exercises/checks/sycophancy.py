@@ -9,7 +9,6 @@ mismatch, cheapest first.
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -33,7 +32,6 @@ from fv_exercises.evaluation import resid_post_name as _post
 from fv_exercises.sycophancy import ChoicePrompts, build_prompts, load_claims
 
 _ATOL = 1e-4
-_REFERENCE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def _layer(model, fraction: float) -> int:
@@ -262,12 +260,21 @@ def _sa_reference(model, case: SteerCase, prompts: ChoicePrompts, vector: Tensor
                   layer: int) -> Tensor:
     from fv_exercises.reference.sycophancy import steered_agreement as reference
 
-    per_model = _REFERENCE.setdefault(model, {})
-    key = ("sa", case)
-    if key not in per_model:
+    def compute() -> Tensor:
         model.reset_hooks()
-        per_model[key] = reference(model, prompts, vector.clone(), layer, case.multiplier).detach().float()
-    return per_model[key]
+        return reference(model, prompts, vector.clone(), layer, case.multiplier).detach().float()
+
+    return cached_per_model(model, ("steered_agreement", case), compute)
+
+
+def _sa_case(model, case: SteerCase) -> tuple[ChoicePrompts, int, Tensor, Tensor]:
+    """``(prompts, layer, vector [d_model], the reference's shares [n])`` of a steering case; the
+    vector and the shares are computed once per model."""
+    layer = _layer(model, case.layer_fraction)
+    prompts = case.prompts(model)
+    vector = cached_per_model(model, ("steered_agreement vector", case),
+                              lambda: _case_vector(model, case, prompts, layer))
+    return prompts, layer, vector, _sa_reference(model, case, prompts, vector, layer)
 
 
 def _sa_variants(model, prompts: ChoicePrompts, vector: Tensor, layer: int,
@@ -346,13 +353,7 @@ def check_steered_agreement(fn: Callable, model, hidden: bool = False) -> None:
     with quiet():
         first: str | None = None
         for i, case in enumerate(cases):
-            layer = _layer(model, case.layer_fraction)
-            prompts = case.prompts(model)
-            per_model = _REFERENCE.setdefault(model, {})
-            if ("vec", case) not in per_model:
-                per_model[("vec", case)] = _case_vector(model, case, prompts, layer)
-            vector = per_model[("vec", case)]
-            expected = _sa_reference(model, case, prompts, vector, layer)
+            prompts, layer, vector, expected = _sa_case(model, case)
             got = _sa_call(fn, name, model, prompts, vector, layer, case.multiplier)
             context = (f"{len(prompts)} {case.kind} prompts, layer {layer}, "
                        f"multiplier {case.multiplier:+g}")

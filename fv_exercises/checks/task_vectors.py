@@ -104,7 +104,7 @@ def check_find_task_vector(fn: Callable, model, hidden: bool = False) -> None:
             stale = stale_state_message(name, first[1], context) if first else None
             compare(got, expected, lambda: _ftv_variants(model, icl, zero, layer), name, "logits",
                     atol=1e-3, context=context, unexplained=stale)
-            if i == 0:
+            if i == 0 and not hidden:  # the visible run checks repeat calls and list lengths
                 again = as_tensor(call_learner(fn, name, model, icl, zero, layer), name, shape, "logits")
                 repeat_consistent(got, again, name, atol=1e-3)
                 first = (got, context)
@@ -208,10 +208,10 @@ def _mtv_scale_causes(n_icl: int, expected: Tensor) -> dict[float, str]:
 def check_mean_task_vector(fn: Callable, model, hidden: bool = False) -> None:
     """Check ``mean_task_vector(model, icl_prompts, zero_shot_prompts, layer) -> [d_model]``.
 
-    Each case's prompts have different token lengths; the first case is called twice with the
-    same inputs (nothing may leak), then with 2 ICL prompts against all zero-shot prompts (a
-    fixed count shows); the second case has other prompts and another layer (state kept between
-    calls shows).
+    Each case's prompts have different token lengths; in the visible run the first case is called
+    twice with the same inputs (nothing may leak), then with 2 ICL prompts against all zero-shot
+    prompts (a fixed count shows); the second case has other prompts and another layer (state
+    kept between calls shows). The hidden run calls each of its cases once (grading time).
     """
     name = "mean_task_vector"
     cases = _MTV_HIDDEN if hidden else _MTV_CASES
@@ -229,7 +229,7 @@ def check_mean_task_vector(fn: Callable, model, hidden: bool = False) -> None:
                     "task vector", atol=1e-3, context=context,
                     scale_causes=lambda: _mtv_scale_causes(len(icl), expected),
                     unexplained=stale_state_message(name, first[1], context) if first else None)
-            if i == 0:
+            if i == 0 and not hidden:  # the visible run checks repeat calls and list lengths
                 again = as_tensor(call_learner(fn, name, model, icl, zero, layer), name, shape, "task vector")
                 repeat_consistent(got, again, name, atol=1e-3)
                 first = (got, context)
