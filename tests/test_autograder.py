@@ -264,3 +264,13 @@ def test_autograder_batch(course):
         except AssertionError as e:
             failures.append(f"{check.__name__.strip('_')}({student or ''}): {e}")
     assert not failures, "\n\n".join(failures)
+
+
+def test_grading_bench_splits_a_batch_into_even_shards():
+    from fv_exercises.grading_bench import shard_sizes
+
+    assert shard_sizes(6, 2) == [3, 3]
+    assert shard_sizes(5, 2) == [3, 2]
+    assert shard_sizes(1, 2) == [1]  # never an empty shard
+    assert shard_sizes(4, 1) == [4]
+    assert all(sum(shard_sizes(n, k)) == n for n in range(1, 12) for k in range(1, 5))

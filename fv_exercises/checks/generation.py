@@ -252,7 +252,7 @@ def check_generate_with_function_vector(fn: Callable, model, hidden: bool = Fals
             context = f"prompt {case.prompt!r}, layer {layer}, max_tokens {case.max_tokens}"
             got = _as_text(call_learner(fn, name, model, case.prompt, fv.clone(), layer,
                                         case.max_tokens), name)
-            if i == 0:
+            if i == 0 and not hidden:  # the visible run checks repeat calls
                 again = _as_text(call_learner(fn, name, model, case.prompt, fv.clone(), layer,
                                               case.max_tokens), name)
                 if again != got:

@@ -33,9 +33,10 @@ from fv_exercises.heads import head_effects, mean_head_z
 # other prompts and layers: a result kept from the first call shows.
 _CASES = (Case("antonym", seed=0, layer_fraction=0.7, n_prompts=2, n_shots=2),
           Case("capitalize", seed=1, layer_fraction=0.55, n_prompts=2, n_shots=2))
-# One hidden case (other task, prompts and layers): enough to catch an answer fitted to the
-# visible ones, and a learner's scan is the check's largest cost (18 heads x 2 forward passes).
-_HIDDEN = (Case("present_past", seed=4, layer_fraction=0.5, n_prompts=2, n_shots=2),)
+# One hidden case (other task, prompt and layers) with one prompt: enough to catch an answer
+# fitted to the visible ones; a learner's scan is the check's largest cost (a forward pass per
+# head and prompt), and the visible cases already test prompts of different lengths.
+_HIDDEN = (Case("present_past", seed=4, layer_fraction=0.5, n_prompts=1, n_shots=2),)
 
 
 def _layers(model, case: Case) -> list[int]:

@@ -142,7 +142,7 @@ def check_sycophancy_vector(fn: Callable, model, hidden: bool = False) -> None:
     """Check ``sycophancy_vector(model, sycophantic_prompts, honest_prompts, layer) -> [d_model]``.
 
     The first case (3 assertion prompts against 2 neutral ones, all of different token lengths) is
-    compared and called twice (nothing may leak); the second has other prompts, other list
+    compared and, in the visible run, called twice (nothing may leak); the second has other prompts, other list
     lengths and another layer (state kept between calls shows).
     """
     name = "sycophancy_vector"
@@ -161,7 +161,7 @@ def check_sycophancy_vector(fn: Callable, model, hidden: bool = False) -> None:
                     "vector", atol=1e-3, context=context,
                     scale_causes=lambda: _sv_scale_causes(syc, honest, expected),
                     unexplained=stale_state_message(name, first, context) if first else None)
-            if i == 0:
+            if i == 0 and not hidden:  # the visible run checks repeat calls
                 again = as_tensor(call_learner(fn, name, model, list(syc), list(honest), layer),
                                   name, shape, "sycophancy vector")
                 repeat_consistent(got, again, name, atol=1e-3)
@@ -345,7 +345,7 @@ def check_steered_agreement(fn: Callable, model, hidden: bool = False) -> None:
     """Check ``steered_agreement(model, prompts, vector, layer, multiplier) -> [n]``.
 
     The first case (3 assertion prompts of different token lengths, a positive multiplier) is
-    compared and called twice; the second has other prompts, a negative multiplier and another
+    compared and, in the visible run, called twice; the second has other prompts, a negative multiplier and another
     layer (state kept between calls shows).
     """
     name = "steered_agreement"
@@ -361,7 +361,7 @@ def check_steered_agreement(fn: Callable, model, hidden: bool = False) -> None:
                     lambda: _sa_variants(model, prompts, vector, layer, case.multiplier), name,
                     "shares", atol=_ATOL, context=context,
                     unexplained=stale_state_message(name, first, context) if first else None)
-            if i == 0:
+            if i == 0 and not hidden:  # the visible run checks repeat calls
                 again = _sa_call(fn, name, model, prompts, vector, layer, case.multiplier)
                 repeat_consistent(got, again, name, atol=_ATOL)
                 first = context
