@@ -55,7 +55,6 @@ class BatchTiming:
     slowest_grade_cell: tuple[str, float]
     slowest_cell: tuple[str, float]
     lost_points: list[str]
-    shards: int = 1
     grade_seconds: float = 0.0  # summed over the submissions' grade cells
     grade_cells: dict[str, float] = field(default_factory=dict)  # grade_id -> mean seconds
     other_seconds: float = 0.0  # summed over the submissions' other code cells
@@ -147,8 +146,8 @@ def grade_batch(workdir: Path, name: str, n: int, mode: str, shards: int = 1) ->
                         slowest_grade = (label, secs)
                 else:
                     other_total += secs
-    return BatchTiming(name, mode, n, seconds, slowest_grade, slowest, lost, len(sizes),
-                       grade_total, per_cell, other_total)
+    return BatchTiming(name, mode, n, seconds, slowest_grade, slowest, lost, grade_total,
+                       per_cell, other_total)
 
 
 def bench_grade(args: argparse.Namespace) -> None:

@@ -353,9 +353,9 @@ def check_test_function_vector(fn: Callable, model, hidden: bool = False) -> Non
     """Check ``test_function_vector(model, fv, layer, test_prompts, expected) -> float``.
 
     Per case: all prompts at once (the accuracy, between 0 and 1, and ``fv`` left unchanged),
-    then, in the visible run, again (nothing may leak). On a wrong accuracy the learner's function is called on each
-    prompt alone, on that case and the later ones, and the known mistakes whose per-prompt
-    outcomes match on every one of them are named.
+    then, in the visible run, again (nothing may leak). On a wrong accuracy the learner's function
+    is called on each prompt alone, on that case and the later ones, and the known mistakes whose
+    per-prompt outcomes match on every one of them are named.
     """
     name = "test_function_vector"
     cases = _TFV_HIDDEN if hidden else _TFV_CASES

@@ -5,8 +5,8 @@ a failing one raises ``CheckFailure`` naming the first layer that differs (with 
 where a known mistake reproduces the learner's accuracies, that mistake.
 
 Speed: the reference sweep (the probes' last position recomputed from each layer up) is kept per
-model and case;
-known mistakes are only computed after a mismatch, cheapest first, each also in one batched pass.
+model and case; known mistakes are only computed after a mismatch, cheapest first, each also in
+one batched pass.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from fv_exercises.checks.core import (
     stale_state_message,
     token_lengths,
 )
-from fv_exercises.evaluation import answer_token_ids, resid_post_name, tokenize_right_padded, top1_accuracy
+from fv_exercises.evaluation import (answer_token_ids, layer_sweep, resid_post_name,
+                                     tokenize_right_padded, top1_accuracy)
 
 # Probes are the zero-shot prompts of a case, of DIFFERENT token lengths (a batched version that
 # reads [:, -1] of right-padded rows fails visibly); the ICL prompt is the case's first few-shot
@@ -53,20 +54,16 @@ def _reference(model, case: Case) -> dict[int, float]:
     """The reference's accuracies for ``case``, computed once per model (weights are guarded).
 
     The reference (``fv_exercises.reference.layer_sweep.find_task_layer``: one forward pass per
-    layer) computed the cheap way: the probes run once and only their last position is
-    recomputed from each layer up (:func:`fv_exercises.recipe.steered_top1`), about 8x less work
-    than a forward pass per layer; tests/test_checks_02.py asserts the same accuracies.
+    layer) computed the cheap way, by :func:`fv_exercises.evaluation.layer_sweep` (the probes run
+    once and only their last position is recomputed from each layer up); tests/test_checks_02.py
+    asserts the same accuracies.
     """
     def compute() -> dict[int, float]:
-        from fv_exercises.recipe import steered_top1
-
         icl, probes, answers = _case_inputs(case)
-        layers = range(model.cfg.n_layers)
-        names = {resid_post_name(layer) for layer in layers}
+        names = [resid_post_name(layer) for layer in range(model.cfg.n_layers)]
         _, cache = model.run_with_cache(icl, names_filter=lambda hook_name: hook_name in names)
-        variants = [{layer: cache[resid_post_name(layer)][0, -1]} for layer in layers]
-        correct = steered_top1(model, probes, answers, variants)  # [n_layers, n_probes]
-        return dict(enumerate(correct.float().mean(1).tolist()))
+        states = torch.stack([cache[name][0, -1] for name in names])  # [n_layers, d_model]
+        return dict(enumerate(layer_sweep(model, states, probes, answers).tolist()))
 
     return cached_per_model(model, ("find_task_layer", case), compute)
 

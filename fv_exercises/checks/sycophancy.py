@@ -345,8 +345,8 @@ def check_steered_agreement(fn: Callable, model, hidden: bool = False) -> None:
     """Check ``steered_agreement(model, prompts, vector, layer, multiplier) -> [n]``.
 
     The first case (3 assertion prompts of different token lengths, a positive multiplier) is
-    compared and, in the visible run, called twice; the second has other prompts, a negative multiplier and another
-    layer (state kept between calls shows).
+    compared and, in the visible run, called twice; the second has other prompts, a negative
+    multiplier and another layer (state kept between calls shows).
     """
     name = "steered_agreement"
     cases = _SA_HIDDEN if hidden else _SA_CASES
