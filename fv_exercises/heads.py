@@ -72,22 +72,52 @@ def _progress(iterable: Iterable, total: int, enabled: bool, desc: str) -> Itera
 # --------------------------------------------------------------------------------------------
 
 
+class _Enough(Exception):
+    """Raised by a hook once everything needed is recorded."""
+
+
+def run_until(model, tokens: Tensor, names: Sequence[str]) -> dict[str, Tensor]:
+    """The activations at the hook points ``names``, from a forward pass of ``tokens`` that stops
+    once ``names[-1]`` (the last of them to run) is recorded: what comes after it (at least the
+    unembedding of every position, a sixth of a forward pass on the embedded model) is skipped.
+    The values are those of the full forward pass.
+    """
+    seen: dict[str, Tensor] = {}
+
+    def keeper(name: str) -> Callable:
+        # keyed by the name asked for: the bridge's hook.name can be the aliased point's name
+        def keep(value: Tensor, hook) -> None:
+            seen[name] = value
+            if name == names[-1]:
+                raise _Enough
+
+        return keep
+
+    try:
+        model.run_with_hooks(tokens, fwd_hooks=[(name, keeper(name)) for name in names])
+    except _Enough:
+        pass  # the bridge removes its hooks on the way out (a finally clause)
+    missing = [name for name in names if name not in seen]
+    if missing:
+        raise RuntimeError(f"run_until: hook points {missing} never ran, or ran after {names[-1]}")
+    return seen
+
+
 def last_position_z(model, prompts: Sequence[str], batch_size: int = DEFAULT_BATCH) -> Tensor:
     """Every head's ``z`` at each prompt's last position.
 
     Returns:
         ``[n_prompts, n_layers, n_heads, d_head]``.
     """
-    n_layers = model.cfg.n_layers
-    names = {z_name(l) for l in range(n_layers)}
+    names = [z_name(l) for l in range(model.cfg.n_layers)]
     out = []
     with torch.no_grad():
         for start in range(0, len(prompts), batch_size):
             tokens, last = tokenize_right_padded(model, prompts[start : start + batch_size])
-            _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
+            z = run_until(model, tokens, names)  # each [batch, pos, n_heads, d_head]
             rows = torch.arange(len(last))
-            # cache[z_name(l)] is [batch, pos, n_heads, d_head]; keep each prompt's own last pos
-            out.append(torch.stack([cache[z_name(l)][rows, last] for l in range(n_layers)], dim=1))
+            # keep each prompt's own last position
+            out.append(torch.stack([z[name][rows, last] for name in names], dim=1))
     return torch.cat(out)
 
 
@@ -309,7 +339,8 @@ def _head_effects_llama(model, corrupted_prompts: Sequence[str], answers: Sequen
     chunks = [heads[i : i + batch_heads] for i in range(0, len(heads), batch_heads)]
     n_layers = model.cfg.n_layers
     pre_names = [f"blocks.{l}.hook_resid_pre" for l in range(n_layers)]
-    names = set(pre_names) | {z_name(l) for l in range(n_layers)}
+    final = f"blocks.{n_layers - 1}.hook_resid_post"
+    names = pre_names + [z_name(l) for l in range(n_layers)] + [final]  # final runs last
     answer_ids = answer_token_ids(model, answers)
     total = torch.zeros(n_layers, model.cfg.n_heads)
     n = len(corrupted_prompts)
@@ -324,9 +355,10 @@ def _head_effects_llama(model, corrupted_prompts: Sequence[str], answers: Sequen
             batch = corrupted_prompts[start : start + DEFAULT_BATCH]
             tokens, last = tokenize_right_padded(model, batch)
             ans = answer_ids[start : start + len(last)]
-            logits, cache = model.run_with_cache(tokens, names_filter=lambda name: name in names)
+            cache = run_until(model, tokens, names)
             rows = torch.arange(len(last))
-            p_corrupted = logits[rows, last].float().softmax(-1)[rows, ans]  # [B]
+            # the bridge's residual stream, unembedded at the last position only: [B]
+            p_corrupted = fast.answer_probs(cache[final][rows, last][:, None], ans)[:, 0]
             prefix = _Prefix(
                 resid_pre=[cache[name] for name in pre_names],  # each [B, S, d_model]
                 z_last=[cache[z_name(l)][rows, last] for l in range(n_layers)],  # [B, H, d_head]
@@ -498,9 +530,15 @@ class FunctionVectorRecipe:
     """How the course builds a task's function vector. Everything is drawn from **train** pairs.
 
     1. Mean last-position ``z`` of every head over ``n_prompts`` clean few-shot prompts.
-    2. Causal effect of every head on the first ``n_scan`` of them with shuffled labels
-       (:func:`head_effects`); ``heads="task"`` ranks heads by the task's own effects,
+    2. Causal effect of every head in the layers from ``scan_from`` of the depth on, on the first
+       ``n_scan`` of them with shuffled labels (:func:`head_effects`; the other heads are ``NaN``
+       and never chosen); ``heads="task"`` ranks heads by the task's own effects,
        ``heads="universal"`` by the mean effect over all shipped tasks (Todd et al., section 2.3).
+       Why not every layer: a head patched at layer ``l`` is recomputed through every later
+       layer, so the heads of the first third of the layers take a third of a scan's time
+       (``python -m fv_exercises.bench scans``), and in the embedded model's full scans of
+       every shipped task none of them is in a top 10, and 5 of the 400 top-40 places are
+       (docs/function_vectors.md compares both).
     3. For every candidate ``k`` (top-k heads), layer and scale, the vector
        ``scale * sum of the top-k heads' mean outputs`` is added at that layer's last position of
        ``n_select`` zero-shot **train** queries; the candidate with the best top-1 accuracy wins
@@ -518,11 +556,21 @@ class FunctionVectorRecipe:
     n_prompts: int = 16
     n_scan: int = 12
     n_select: int = 24
-    version: int = 2
+    scan_from: float = 0.33  # heads in layers from this fraction of the depth on are scanned
+    version: int = 3
 
     def layers(self, n_layers: int) -> list[int]:
         """Candidate layers for a model with ``n_layers`` blocks (sorted, distinct)."""
         return sorted({min(n_layers - 1, max(0, round(f * n_layers))) for f in self.layer_fractions})
+
+    def first_scanned_layer(self, n_layers: int) -> int:
+        """The lowest layer whose heads the scan measures (layer 10 of 30)."""
+        return min(n_layers - 1, max(0, round(self.scan_from * n_layers)))
+
+    def scanned_heads(self, n_layers: int, n_heads: int) -> list[Head]:
+        """``[(layer, head), ...]`` of every head the scan measures."""
+        return [(l, h) for l in range(self.first_scanned_layer(n_layers), n_layers)
+                for h in range(n_heads)]
 
 
 COURSE_RECIPE = FunctionVectorRecipe()
@@ -608,7 +656,7 @@ def task_scan(model, task: str, seed: int = 0,
     """Mean head ``z`` and causal head effects of ``task`` from train prompts (kept per model)."""
     recipe = recipe or COURSE_RECIPE
     per_model = _SCANS.setdefault(model, {})
-    key = (task, seed, recipe.n_prompts, recipe.n_scan)
+    key = (task, seed, recipe.n_prompts, recipe.n_scan, recipe.scan_from)
     if key not in per_model:
         def compute() -> dict:
             from fv_exercises.tasks import ICLDataset
@@ -616,10 +664,13 @@ def task_scan(model, task: str, seed: int = 0,
             train = ICLDataset.build(task, recipe.n_prompts, seed=seed, split="train")
             mean_z = mean_head_z(model, train.prompts)
             n = min(recipe.n_scan, len(train))
-            effects = head_effects(model, train.corrupted_prompts[:n], train.answers[:n], mean_z)
+            scanned = recipe.scanned_heads(model.cfg.n_layers, model.cfg.n_heads)
+            effects = head_effects(model, train.corrupted_prompts[:n], train.answers[:n], mean_z,
+                                   heads=scanned)
             return {"mean_z": mean_z, "effects": effects}
 
-        parts = ("task_scan", task, seed, recipe.n_prompts, recipe.n_scan, _task_data([task]))
+        parts = ("task_scan", task, seed, recipe.n_prompts, recipe.n_scan, recipe.scan_from,
+                 _task_data([task]))
         raw = _disk_cached(model, parts, compute)
         per_model[key] = TaskScan(task, raw["mean_z"], raw["effects"])
     return per_model[key]
@@ -627,13 +678,14 @@ def task_scan(model, task: str, seed: int = 0,
 
 def universal_head_effects(model, seed: int = 0,
                            recipe: FunctionVectorRecipe | None = None) -> Tensor:
-    """Mean over all shipped tasks of each head's causal effect: ``[n_layers, n_heads]``.
+    """Mean over all shipped tasks of each head's causal effect: ``[n_layers, n_heads]``
+    (``NaN`` for heads the recipe does not scan).
 
     Todd et al. (section 2.3) rank heads by this average to find heads that carry *any* task.
     """
     recipe = recipe or COURSE_RECIPE
     per_model = _UNIVERSAL.setdefault(model, {})
-    key = (seed, recipe.n_prompts, recipe.n_scan)
+    key = (seed, recipe.n_prompts, recipe.n_scan, recipe.scan_from)
     if key not in per_model:
         per_model[key] = torch.stack(
             [task_scan(model, t, seed, recipe).effects for t in _universe()]).mean(0)
@@ -810,7 +862,9 @@ def headline(ctx) -> list:
         from fv_exercises.plotting import plot_head_heatmap
 
         scan = task_scan(model, ctx.task, ctx.seed)
-        fig = plot_head_heatmap(scan.effects, title=f"{ctx.task}: causal effect of each head")
+        first = COURSE_RECIPE.first_scanned_layer(model.cfg.n_layers)
+        fig = plot_head_heatmap(scan.effects, title=f"{ctx.task}: causal effect of each head "
+                                f"(layers {first}+ scanned)")
         fig.savefig(path, dpi=120)
         plt.close(fig)
         rows.append(Row("figure: head effects", "", "", str(path)))

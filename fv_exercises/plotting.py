@@ -24,8 +24,9 @@ def plot_layer_sweep(curves: Mapping[str, Tensor], title: str = "") -> plt.Figur
 
 
 def plot_head_heatmap(effects: Tensor, title: str = "") -> plt.Figure:
-    """Heatmap of ``effects`` ``[n_layers, n_heads]``, layers on the y axis, diverging at 0."""
-    limit = float(effects.abs().max()) or 1.0
+    """Heatmap of ``effects`` ``[n_layers, n_heads]``, layers on the y axis, diverging at 0
+    (``NaN``, a head not scanned, is left blank)."""
+    limit = float(effects.nan_to_num(0.0).abs().max()) or 1.0
     fig, ax = plt.subplots(figsize=(4 + 0.3 * effects.shape[1], 1.5 + 0.18 * effects.shape[0]))
     image = ax.imshow(effects.numpy(), cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto",
                       origin="lower")

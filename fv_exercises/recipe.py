@@ -10,6 +10,8 @@ vector at about a third of the depth. This module compares, **on train queries o
 - the number of heads ``k``,
 - the layer the vector is added at (one layer; or the same vector at two or three layers),
 - a scale factor on the vector,
+- which layers' heads the scan measures (every layer, or from a third of the depth on),
+- choosing on zero-shot accuracy alone, or on zero-shot plus shuffled-label accuracy,
 
 picks the recipe by a rule written in code (:func:`choose`), and then reports it on the **test**
 queries, with 95% intervals, for every task few-shot prompting can do (:func:`icl_tasks`), and
@@ -18,7 +20,8 @@ on words written for this check that are in no shipped task (``data/heldout/<tas
 Command line::
 
     python -m fv_exercises.recipe search   # the comparison on train queries, and the choice
-    python -m fv_exercises.recipe table    # docs/function_vectors.md (test queries + held-out words)
+    python -m fv_exercises.recipe table    # docs/function_vectors.md (test queries + held-out words;
+                                           # about 22 min on 2 cores)
 
 The chosen recipe itself lives in :mod:`fv_exercises.heads` (section 6,
 :func:`fv_exercises.heads.function_vector_for_task`): this module only chooses and measures it.
@@ -163,7 +166,7 @@ SEARCH_SCALES = (1.0, 2.0, 4.0, 8.0)
 SEARCH_FRACTIONS = (0.07, 0.13, 0.2, 0.27, 0.33, 0.4, 0.47, 0.53, 0.6, 0.67)  # layers 2..20 of 30
 N_SEARCH_QUERIES = 40  # zero-shot train queries per task the candidates are scored on
 N_SCAN_CHUNK = 4  # the scan is kept per chunk of this many prompts (to compare scan sizes)
-Key = tuple  # (heads, k, layers, scale): heads in {"task", "task8", "task4", "universal", "tv"}
+Key = tuple  # (heads, k, layers, scale): heads in {"task", "task_from", "task8", "task4", "universal", "tv"}
 
 
 @dataclass
@@ -211,8 +214,11 @@ def candidate_variants(model, stats: TaskStats, universal: Tensor) -> tuple[list
     Function vectors: heads ranked by the task's own scan (12, 8 or 4 prompts) or by the
     universal (mean over tasks) effects; ``k`` in :data:`SEARCH_KS`; scale in
     :data:`SEARCH_SCALES`; one layer (:data:`SEARCH_FRACTIONS`), or the same vector at two or
-    three layers. And the residual-stream task vector at each layer (scale 1 and 2), for reference.
+    three layers. The course's grid also with heads ranked by the 12-prompt scan of only the
+    layers the recipe scans (``"task_from"``). And the residual-stream task vector at each layer
+    (scale 1 and 2), for reference.
     """
+    from fv_exercises.heads import COURSE_RECIPE as R
     from fv_exercises.heads import function_vector, top_heads
 
     n = model.cfg.n_layers
@@ -239,6 +245,13 @@ def candidate_variants(model, stats: TaskStats, universal: Tensor) -> tuple[list
                         for scale in (1.0, 2.0):
                             keys.append((heads, k, spread, scale))
                             variants.append({l: raw * scale for l in spread})
+    scanned = scanned_only(stats.effects(), R.first_scanned_layer(n))
+    for k in R.ks:
+        raw = function_vector(model, stats.mean_z, top_heads(scanned, k))
+        for scale in R.scales:
+            for layer in R.layers(n):
+                keys.append(("task_from", k, (layer,), scale))
+                variants.append({layer: raw * scale})
     for layer in range(1, n, max(1, n // 15)):
         for scale in (1.0, 2.0):
             keys.append(("tv", 0, (layer,), scale))
@@ -246,20 +259,34 @@ def candidate_variants(model, stats: TaskStats, universal: Tensor) -> tuple[list
     return keys, variants
 
 
+def scanned_only(effects: Tensor, first_layer: int) -> Tensor:
+    """``effects`` (``[n_layers, n_heads]``) with the layers below ``first_layer`` set to ``NaN``:
+    the ranking a scan of only the layers from ``first_layer`` on gives (the scan is exact per
+    head, so the scanned heads' effects are the same)."""
+    out = effects.clone()
+    out[:first_layer] = float("nan")
+    return out
+
+
 @dataclass
 class SearchData:
     """Per task: candidate keys, top-1 correctness ``[n_candidates, n]`` on the zero-shot train
-    queries, and few-shot correctness ``[n]`` on the same queries (the reference)."""
+    queries and (``shuffled``) on their shuffled-label few-shot prompts, and few-shot correctness
+    ``[n]`` on the same queries (the reference); ``effects``: every shipped task's full 12-prompt
+    scan, ``[n_layers, n_heads]``."""
 
     keys: list[Key]
     zero: dict[str, Tensor]
     few_shot: dict[str, Tensor]
     n_layers: int
+    effects: dict[str, Tensor] | None = None
+    shuffled: dict[str, Tensor] | None = None
 
 
 def search_data(model, tasks: Sequence[str], seed: int = 0, progress: bool = True) -> SearchData:
     """Score every candidate of :func:`candidate_variants` on ``N_SEARCH_QUERIES`` zero-shot
-    **train** queries of each task (the draw the course's recipe selects on)."""
+    **train** queries of each task (the draw the course's recipe selects on), and on the
+    shuffled-label few-shot prompts of the same queries."""
     from tqdm.auto import tqdm
 
     from fv_exercises.heads import SELECT_SEED_OFFSET
@@ -268,13 +295,15 @@ def search_data(model, tasks: Sequence[str], seed: int = 0, progress: bool = Tru
     every = task_names()
     stats = {t: task_stats(model, t, seed) for t in tqdm(every, desc="scans", disable=not progress)}
     universal = torch.stack([stats[t].effects() for t in every]).mean(0)
-    zero, few, keys = {}, {}, []
+    zero, few, shuffled, keys = {}, {}, {}, []
     for task in tqdm(tasks, desc="candidates", disable=not progress):
         select = ICLDataset.build(task, N_SEARCH_QUERIES, seed=seed + SELECT_SEED_OFFSET, split="train")
         keys, variants = candidate_variants(model, stats[task], universal)
         zero[task] = steered_top1(model, select.zero_shot_prompts, select.answers, variants)
+        shuffled[task] = steered_top1(model, select.corrupted_prompts, select.answers, variants)
         few[task] = top1_correct(model, select.prompts, select.answers)
-    return SearchData(keys, zero, few, model.cfg.n_layers)
+    return SearchData(keys, zero, few, model.cfg.n_layers, {t: stats[t].effects() for t in every},
+                      shuffled)
 
 
 @dataclass(frozen=True)
@@ -287,6 +316,8 @@ class Family:
     members: Callable[[Key, int], bool]  # (key, n_layers) -> is the key in the family
     per_task: bool = True
     function_vector: bool = True  # False for the residual-stream task vector (a reference)
+    scan_cost: float = 1.0  # (head, prompt) pairs scanned, relative to one task's full 12-prompt scan
+    with_shuffled: bool = False  # choose on zero-shot + shuffled-label accuracy (not zero-shot alone)
 
 
 def search_layers(n_layers: int) -> list[int]:
@@ -299,9 +330,14 @@ def _third(n_layers: int) -> int:
     return min(search_layers(n_layers), key=lambda l: abs(l - n_layers / 3))
 
 
-def families() -> list[Family]:
-    """The recipe families the search compares (all candidates are in :func:`candidate_variants`)."""
+def families(n_layers: int = 30) -> list[Family]:
+    """The recipe families the search compares (all candidates are in :func:`candidate_variants`)
+    for a model with ``n_layers`` blocks."""
     from fv_exercises.heads import COURSE_RECIPE as R
+    from fv_exercises.tasks import task_names
+
+    n_tasks = float(len(task_names()))  # universal heads need every task's scan
+    from_cost = 1 - R.first_scanned_layer(n_layers) / n_layers
 
     def course(heads: str):
         def member(key: Key, n: int) -> bool:
@@ -313,15 +349,16 @@ def families() -> list[Family]:
     return [
         Family("paper", "universal heads, k=10, scale 1, at a third of the depth (Todd et al.)",
                lambda key, n: key[0] == "universal" and key[1] == 10 and key[3] == 1.0
-               and key[2] == (_third(n),), per_task=False),
+               and key[2] == (_third(n),), per_task=False, scan_cost=n_tasks),
         Family("course v1", "task heads, k=10, scale 1, layer chosen per task (the previous recipe)",
                lambda key, n: key[0] == "task" and key[1] == 10 and key[3] == 1.0 and len(key[2]) == 1),
         Family("one for all", "task or universal heads: one (k, layer, scale) for every task",
-               lambda key, n: key[0] in ("task", "universal") and len(key[2]) == 1, per_task=False),
+               lambda key, n: key[0] in ("task", "universal") and len(key[2]) == 1, per_task=False,
+               scan_cost=n_tasks),
         Family("layer+scale, k=10", "task heads, k=10; layer and scale chosen per task",
                lambda key, n: key[0] == "task" and key[1] == 10 and len(key[2]) == 1),
         Family("universal, full grid", "universal heads; k, layer, scale chosen per task",
-               lambda key, n: key[0] == "universal" and len(key[2]) == 1),
+               lambda key, n: key[0] == "universal" and len(key[2]) == 1, scan_cost=n_tasks),
         Family("task, full grid", "task heads (12-prompt scan); k, layer, scale chosen per task",
                lambda key, n: key[0] == "task" and len(key[2]) == 1),
         Family("task, 2-3 layers", "task heads; k, first layer, scale chosen per task; the vector "
@@ -329,14 +366,23 @@ def families() -> list[Family]:
         Family("task, 1-3 layers", "task heads; one, two or three layers, chosen per task",
                lambda key, n: key[0] == "task"),
         Family("course grid, universal", "the course's grid of k, layer, scale with universal heads",
-               course("universal")),
-        Family("course grid", "the course's grid of k, layer, scale with task heads "
-               f"({R.n_scan}-prompt scan)", course("task" if R.n_scan >= 12 else f"task{R.n_scan}")),
-        Family("course grid, 4-prompt scan", "the course's grid with task heads from a 4-prompt scan",
-               course("task4")),
+               course("universal"), scan_cost=n_tasks),
+        Family("course grid, every head", "the course's grid of k, layer, scale with task heads "
+               "from a 12-prompt scan of every head", course("task")),
+        Family("course grid", "the course's grid of k, layer, scale with task heads from a "
+               f"12-prompt scan of the heads in layers {R.first_scanned_layer(n_layers)}+",
+               course("task_from"), scan_cost=from_cost),
+        Family("course grid, zero-shot + shuffled", "the course grid, chosen per task on "
+               "zero-shot plus shuffled-label accuracy (not zero-shot alone)", course("task_from"),
+               scan_cost=from_cost, with_shuffled=True),
+        Family("task, 1-3 layers, zero-shot + shuffled", "task heads; one, two or three layers, "
+               "chosen per task on zero-shot plus shuffled-label accuracy", lambda key, n: key[0] == "task",
+               with_shuffled=True),
+        Family("course grid, 4-prompt scan", "the course's grid with task heads from a 4-prompt "
+               "scan of every head", course("task4"), scan_cost=1 / 3),
         Family("residual task vector", "notebook 01's task vector, layer and scale chosen per task "
                "(a reference, not a function vector)", lambda key, n: key[0] == "tv",
-               function_vector=False),
+               function_vector=False, scan_cost=0.0),
     ]
 
 
@@ -346,39 +392,56 @@ class FamilyScore:
     n_candidates: int
     train_ratio: float  # cross-fitted mean over tasks of accuracy / few-shot accuracy
     per_task: dict[str, float]  # cross-fitted accuracy per task
+    shuffled_gap: float | None = None  # cross-fitted mean over tasks of shuffled + FV - few-shot
 
 
 def cross_fit(data: SearchData, family: Family, repeats: int = 25, seed: int = 0) -> FamilyScore:
     """Score a family honestly on train queries: split each task's queries in two halves, choose
     on one half (per task, or one candidate for all tasks), score on the other; both ways round,
-    over ``repeats`` random splits. Returns the mean over tasks of accuracy / few-shot accuracy."""
+    over ``repeats`` random splits. Returns the mean over tasks of accuracy / few-shot accuracy
+    and, when ``data`` has shuffled-label scores, of shuffled + FV accuracy minus few-shot."""
     members = [i for i, key in enumerate(data.keys) if family.members(key, data.n_layers)]
     if not members:
         raise ValueError(f"family {family.name!r} has no candidates")
+    if family.with_shuffled and data.shuffled is None:
+        raise ValueError(f"family {family.name!r} chooses on shuffled-label scores; data has none")
     idx = torch.tensor(members)
     tasks = list(data.zero)
     n = data.zero[tasks[0]].shape[1]
     gen = torch.Generator().manual_seed(seed)
-    ratios, accs = [], {t: [] for t in tasks}
+    ratios, gaps, accs = [], [], {t: [] for t in tasks}
+
+    def criterion(t: str, half: Tensor) -> Tensor:  # [len(members)]: what the choice maximises
+        score = data.zero[t][idx][:, half].float().mean(1)
+        if family.with_shuffled:
+            score = score + data.shuffled[t][idx][:, half].float().mean(1)
+        return score
+
     for _ in range(repeats):
         perm = torch.randperm(n, generator=gen)
         for a, b in ((perm[: n // 2], perm[n // 2:]), (perm[n // 2:], perm[: n // 2])):
             chosen = {}
             if family.per_task:
                 for t in tasks:
-                    chosen[t] = int(data.zero[t][idx][:, a].float().mean(1).argmax())
+                    chosen[t] = int(criterion(t, a).argmax())
             else:
-                score = sum(data.zero[t][idx][:, a].float().mean(1)
-                            / data.few_shot[t][a].float().mean().clamp(min=0.05) for t in tasks)
+                score = sum(criterion(t, a) / data.few_shot[t][a].float().mean().clamp(min=0.05)
+                            for t in tasks)
                 chosen = dict.fromkeys(tasks, int(score.argmax()))
-            r = []
+            r, g = [], []
             for t in tasks:
                 acc = data.zero[t][idx[chosen[t]], b].float().mean().item()
+                few = data.few_shot[t][b].float().mean().item()
                 accs[t].append(acc)
-                r.append(acc / max(data.few_shot[t][b].float().mean().item(), 0.05))
+                r.append(acc / max(few, 0.05))
+                if data.shuffled is not None:
+                    g.append(data.shuffled[t][idx[chosen[t]], b].float().mean().item() - few)
             ratios.append(sum(r) / len(r))
+            if g:
+                gaps.append(sum(g) / len(g))
     return FamilyScore(family, len(members), sum(ratios) / len(ratios),
-                       {t: sum(v) / len(v) for t, v in accs.items()})
+                       {t: sum(v) / len(v) for t, v in accs.items()},
+                       sum(gaps) / len(gaps) if gaps else None)
 
 
 TIE = 0.02  # cross-fitted ratios closer than this are a tie: the cheaper family wins
@@ -387,11 +450,13 @@ TIE = 0.02  # cross-fitted ratios closer than this are a tie: the cheaper family
 def choose(scores: Sequence[FamilyScore]) -> FamilyScore:
     """The rule: the function-vector family with the best cross-fitted train ratio (accuracy /
     few-shot accuracy, mean over tasks); among those within :data:`TIE` of it, the one with the
-    fewest candidates (cheapest to build for a new task)."""
+    fewest candidates (cheapest to build for a new task), then the least scanning, then a family
+    that chooses on zero-shot accuracy alone."""
     fv = [s for s in scores if s.family.function_vector]
     best = max(s.train_ratio for s in fv)
     close = [s for s in fv if s.train_ratio >= best - TIE]
-    return min(close, key=lambda s: (s.n_candidates, -s.train_ratio))
+    return min(close, key=lambda s: (s.n_candidates, s.family.scan_cost, s.family.with_shuffled,
+                                     -s.train_ratio))
 
 
 # --------------------------------------------------------------------------------------------
@@ -578,14 +643,35 @@ def _report_table(reports: Sequence[TaskReport]) -> list[str]:
     return lines
 
 
+def _shuffled_tradeoff(scores: Sequence[FamilyScore], chosen: FamilyScore) -> list[str]:
+    """A sentence on what choosing on shuffled-label accuracy too would change (train queries)."""
+    by_name = {s.family.name: s for s in scores}
+    both = by_name.get(f"{chosen.family.name}, zero-shot + shuffled")
+    if both is None or chosen.shuffled_gap is None:
+        return []
+    moved = (abs(both.shuffled_gap - chosen.shuffled_gap) >= 0.01
+             or abs(both.train_ratio - chosen.train_ratio) >= TIE)
+    verdict = ("the two goals pull apart: which candidate is best depends on whether the "
+               "demonstrations are missing or wrong" if moved else
+               "choosing on zero-shot queries alone costs the shuffled-label goal nothing "
+               "measurable here")
+    return [f"Choosing {chosen.family.name}'s candidate on zero-shot plus shuffled-label accuracy "
+            f"instead: shuffled + FV minus few-shot {both.shuffled_gap:+.1%} (zero-shot alone: "
+            f"{chosen.shuffled_gap:+.1%}), zero-shot + FV / few-shot {both.train_ratio:.0%} "
+            f"({chosen.train_ratio:.0%}); train queries, cross-fitted: {verdict}.", ""]
+
+
 def _search_table(scores: Sequence[FamilyScore], chosen: FamilyScore) -> list[str]:
     tasks = list(scores[0].per_task)
-    lines = ["| recipe family | candidates per task | FV / few-shot (train, cross-fitted) | "
+    lines = ["| recipe family | candidates per task | head scanning (x one task's full scan) | "
+             "FV / few-shot (train, cross-fitted) | shuffled + FV - few-shot (train, cross-fitted) | "
              + " | ".join(tasks) + " |",
-             "|---|---:|---:|" + "---:|" * len(tasks)]
+             "|---|---:|---:|---:|---:|" + "---:|" * len(tasks)]
     for s in scores:
         name = f"**{s.family.name}** (chosen)" if s is chosen else s.family.name
-        lines.append(f"| {name}: {s.family.description} | {s.n_candidates} | {s.train_ratio:.0%} | "
+        gap = "" if s.shuffled_gap is None else f"{s.shuffled_gap:+.0%}"
+        lines.append(f"| {name}: {s.family.description} | {s.n_candidates} | "
+                     f"{s.family.scan_cost:.2g} | {s.train_ratio:.0%} | {gap} | "
                      + " | ".join(f"{s.per_task[t]:.0%}" for t in tasks) + " |")
     return lines
 
@@ -593,10 +679,25 @@ def _search_table(scores: Sequence[FamilyScore], chosen: FamilyScore) -> list[st
 def run_search(model, tasks: Sequence[str], seed: int = 0, progress: bool = True
                ) -> tuple[list[FamilyScore], FamilyScore]:
     """Score every family by cross-fitting on train queries, and apply :func:`choose`."""
+    scores, chosen, _ = _search(model, tasks, seed, progress)
+    return scores, chosen
+
+
+def _search(model, tasks: Sequence[str], seed: int, progress: bool
+            ) -> tuple[list[FamilyScore], FamilyScore, SearchData]:
     data = search_data(model, tasks, seed, progress)
-    scores = [cross_fit(data, f) for f in families()
+    scores = [cross_fit(data, f) for f in families(data.n_layers)
               if any(f.members(key, data.n_layers) for key in data.keys)]
-    return scores, choose(scores)
+    return scores, choose(scores), data
+
+
+def heads_below(effects: dict[str, Tensor], first_layer: int, k: int) -> tuple[int, int]:
+    """How many of the ``k`` top heads of each task's full scan lie below ``first_layer``:
+    ``(count, k * number of tasks)``."""
+    from fv_exercises.heads import top_heads
+
+    below = sum(l < first_layer for e in effects.values() for l, _ in top_heads(e, k))
+    return below, k * len(effects)
 
 
 def write_report(output: str = "docs/function_vectors.md", seed: int = 0, progress: bool = True) -> str:
@@ -614,7 +715,10 @@ def write_report(output: str = "docs/function_vectors.md", seed: int = 0, progre
     model = load_model()
     few = few_shot_accuracies(model)
     tasks = [t for t, a in few.items() if a >= ICL_THRESHOLD]
-    scores, chosen = run_search(model, tasks, seed, progress)
+    scores, chosen, data = _search(model, tasks, seed, progress)
+    first = COURSE_RECIPE.first_scanned_layer(model.cfg.n_layers)
+    below10, of10 = heads_below(data.effects, first, 10)
+    below40, of40 = heads_below(data.effects, first, max(COURSE_RECIPE.ks))
     test = [task_report(model, t, ICLDataset.build(t, N_TEST, seed=TEST_SEED, split="test"), seed)
             for t in tqdm(tasks, desc="test queries", disable=not progress)]
     held = [task_report(model, t, heldout_dataset(t), seed)
@@ -637,8 +741,13 @@ def write_report(output: str = "docs/function_vectors.md", seed: int = 0, progre
         "",
         f"1. Mean last-position output of every attention head over {r.n_prompts} clean few-shot "
         "**train** prompts.",
-        f"2. Causal effect of every head on the first {r.n_scan} of them with shuffled labels "
-        f"(exact scan, `head_effects`); heads ranked by the task's own effects ({r.heads} heads).",
+        f"2. Causal effect of every head in layers {first} to {model.cfg.n_layers - 1} on the "
+        f"first {r.n_scan} of them with shuffled labels (exact scan, `head_effects`); heads ranked "
+        f"by the task's own effects ({r.heads} heads). Why not the layers below {first}: a head "
+        "patched at a layer is recomputed through every later layer, so the low layers are the "
+        "expensive part of a scan, and in the full scans of all "
+        f"{len(data.effects)} shipped tasks (train prompts) {below10} of the {of10} top-10 places "
+        f"and {below40} of the {of40} top-{max(r.ks)} places are below layer {first}.",
         f"3. Candidates: the top-k heads for k in {list(r.ks)}, the sum of their mean outputs "
         f"scaled by {[f'{s:g}' for s in r.scales]}, added at one of the layers "
         f"{r.layers(model.cfg.n_layers)} (fractions {list(r.layer_fractions)} of the depth). The "
@@ -647,14 +756,18 @@ def write_report(output: str = "docs/function_vectors.md", seed: int = 0, progre
         "",
         "## How it was chosen: recipe families on train queries only",
         "",
-        f"Every candidate was scored on {N_SEARCH_QUERIES} zero-shot train queries per task (heads "
-        "from the same train prompts as the recipe). A family that chooses per task is scored "
+        f"Every candidate was scored on {N_SEARCH_QUERIES} zero-shot train queries per task, and on "
+        "the shuffled-label few-shot prompts of the same queries (heads from the same train "
+        "prompts as the recipe). A family that chooses per task is scored "
         "honestly by cross-fitting: choose on half of the queries, score on the other half, both "
         "ways round, over 25 random splits; a family with one setting for all tasks chooses it on "
-        "the first half of every task. The number is accuracy / few-shot accuracy on the same "
-        "queries, averaged over tasks; the per-task columns are the cross-fitted accuracies. The "
-        f"rule (`fv_exercises.recipe.choose`): the best function-vector family, and among those "
-        f"within {TIE:.0%} of it, the one with the fewest candidates (the cheapest to build).",
+        "the first half of every task. The numbers are zero-shot accuracy / few-shot accuracy "
+        "and shuffled-label accuracy minus few-shot accuracy, on the same queries, averaged over "
+        "tasks; the per-task columns are the cross-fitted zero-shot accuracies. The rule "
+        "(`fv_exercises.recipe.choose`): the function-vector family with the best zero-shot "
+        f"ratio, and among those within {TIE:.0%} of it, the one with the fewest candidates (the "
+        "cheapest to build), then the one that scans least, then one that chooses on zero-shot "
+        "queries alone (no shuffled prompts to score).",
         "",
         *_search_table(scores, chosen),
         "",
@@ -662,6 +775,7 @@ def write_report(output: str = "docs/function_vectors.md", seed: int = 0, progre
         + ("." if agrees else " -- which is NOT the recipe `heads.COURSE_RECIPE` implements: "
            "update it."),
         "",
+        *_shuffled_tradeoff(scores, chosen),
         f"## Test queries ({N_TEST} per task, never used for a choice)",
         "",
         *_report_table(test),

@@ -57,6 +57,22 @@ def test_mean_head_z_shape_and_padding(model, data, mean_z):
     torch.testing.assert_close(mean_z, batched.mean(0))
 
 
+def test_run_until_records_the_full_passes_values_and_leaves_no_hook(model, data):
+    from fv_exercises.heads import run_until
+
+    tokens, _ = tokenize_right_padded(model, data.prompts[:2])
+    names = ["blocks.3.hook_resid_pre", "blocks.5.attn.hook_z", "blocks.7.hook_resid_post"]
+    with torch.no_grad():
+        got = run_until(model, tokens, names)
+        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
+    for name in names:
+        assert torch.equal(got[name], cache[name])
+    assert not [n for n, hp in model.hook_dict.items() if hp._forward_hooks]
+    with pytest.raises(RuntimeError, match="never ran"):  # names[-1] must run last
+        run_until(model, tokens, ["blocks.7.hook_resid_post", "blocks.5.attn.hook_z"])
+    assert not [n for n, hp in model.hook_dict.items() if hp._forward_hooks]
+
+
 def test_head_outputs_sum_to_attention_output(model, data):
     """z @ W_O per head, summed over heads, is the attention block's output (no output bias)."""
     z = last_position_z(model, data.prompts[:1])[0]  # [n_layers, n_heads, d_head]
@@ -86,6 +102,22 @@ def test_fast_matches_naive(model, corrupted, mean_z, exact_2):
     # all heads at once (the default) gives the same numbers as chunks of 4 heads
     torch.testing.assert_close(exact_2[rows, cols], fast[rows, cols], atol=1e-5, rtol=0)
     assert naive[rows, cols].abs().max() > 1e-3, "all effects ~0: the comparison proves nothing"
+
+
+def test_scan_of_the_recipes_layers_equals_the_full_scan_there(model, corrupted, mean_z, exact_2):
+    """The course recipe scans only the heads from a third of the depth on; each head's effect is
+    exact on its own, so those heads get the numbers of a scan of every head (and the rest NaN)."""
+    from fv_exercises.heads import COURSE_RECIPE
+
+    cfg = model.cfg
+    first = COURSE_RECIPE.first_scanned_layer(cfg.n_layers)
+    assert 0 < first < cfg.n_layers // 2
+    scanned = COURSE_RECIPE.scanned_heads(cfg.n_layers, cfg.n_heads)
+    assert len(scanned) == (cfg.n_layers - first) * cfg.n_heads
+    part = head_effects(model, *corrupted, mean_z, heads=scanned)
+    assert torch.isnan(part[:first]).all() and not torch.isnan(part[first:]).any()
+    torch.testing.assert_close(part[first:], exact_2[first:], atol=1e-6, rtol=0)
+    assert all(l >= first for l, _ in top_heads(part, 40))
 
 
 def test_fast_scan_leaves_model_unchanged(model, data, mean_z, capfd):

@@ -14,6 +14,7 @@ from fv_exercises import heads
 from fv_exercises.evaluation import answer_token_ids, last_position_logits
 from fv_exercises.heads import FunctionVectorRecipe, function_vector_details, function_vector_for_task
 from fv_exercises.recipe import (
+    FamilyScore,
     choose,
     cross_fit,
     families,
@@ -195,3 +196,33 @@ def test_choose_prefers_the_cheaper_of_two_close_families():
     close = dataclasses.replace(by_name["universal, full grid"],
                                 train_ratio=by_name["task, full grid"].train_ratio - 0.01)
     assert choose([by_name["task, full grid"], close]) is close
+
+
+def test_cross_fit_can_choose_on_shuffled_accuracy_too():
+    from fv_exercises.recipe import Family, SearchData
+
+    keys = [("task", 5, (2,), 1.0), ("task", 5, (4,), 1.0)]
+    # candidate 0: best zero-shot, useless after shuffled demonstrations; candidate 1: the reverse
+    zero = {"a": torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]]).bool()}
+    shuffled = {"a": torch.tensor([[0, 0, 0, 0], [1, 1, 1, 1]]).bool()}
+    data = SearchData(keys, zero, {"a": torch.tensor([1, 1, 1, 0]).bool()}, 30, None, shuffled)
+    member = lambda key, n: key[0] == "task"
+    alone = cross_fit(data, Family("zero", "", member), repeats=3)
+    both = cross_fit(data, Family("both", "", member, with_shuffled=True), repeats=3)
+    assert alone.per_task["a"] == 1.0 and both.per_task["a"] == pytest.approx(0.75)
+    few = 0.75  # on average over the halves
+    assert alone.shuffled_gap == pytest.approx(0.0 - few) and both.shuffled_gap == pytest.approx(1.0 - few)
+    without = SearchData(keys, zero, data.few_shot, 30)
+    assert cross_fit(without, Family("zero", "", member), repeats=1).shuffled_gap is None
+    with pytest.raises(ValueError, match="shuffled"):
+        cross_fit(without, Family("both", "", member, with_shuffled=True), repeats=1)
+
+
+def test_choose_prefers_the_smaller_scan_when_candidates_tie():
+    fams = {f.name: f for f in families(30)}
+    every, part = fams["course grid, every head"], fams["course grid"]
+    assert part.scan_cost < every.scan_cost == 1.0  # the course's recipe scans layers 10-29
+    assert fams["course grid, universal"].scan_cost > every.scan_cost  # every task's scan
+    score = lambda f, r: FamilyScore(f, 45, r, {})
+    assert choose([score(every, 0.85), score(part, 0.84)]).family is part
+    assert choose([score(every, 0.85), score(part, 0.82)]).family is every  # beyond the tie
