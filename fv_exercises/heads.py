@@ -196,7 +196,7 @@ def head_effects_naive(
                 hook = _patch_head_hook(h, pos, mean_z[l, h])
                 logits = model.run_with_hooks(tokens, fwd_hooks=[(z_name(l), hook)])
                 total[l, h] += _answer_prob(logits[0, pos], ans) - p_corrupted
-    return _nan_outside(total / len(corrupted_prompts), heads)
+    return nan_outside(total / len(corrupted_prompts), heads)
 
 
 # --------------------------------------------------------------------------------------------
@@ -299,7 +299,7 @@ def _head_effects_kv(model, corrupted_prompts: Sequence[str], answers: Sequence[
                 _check_control(probs[:1], p_corrupted[None], check_tol)
                 for (l, h), p in zip(chunk, probs[1:].tolist()):
                     total[l, h] += p - p_corrupted.item()
-    return _nan_outside(total / len(corrupted_prompts), heads)
+    return nan_outside(total / len(corrupted_prompts), heads)
 
 
 def _patch_rows_hook(rows: Tensor, cols: Tensor, values: Tensor) -> Callable:
@@ -313,8 +313,9 @@ def _patch_rows_hook(rows: Tensor, cols: Tensor, values: Tensor) -> Callable:
     return hook
 
 
-def _nan_outside(effects: Tensor, heads: list[Head]) -> Tensor:
-    """``effects`` with every head not in ``heads`` set to NaN (not scanned)."""
+def nan_outside(effects: Tensor, heads: list[Head]) -> Tensor:
+    """``effects`` (``[n_layers, n_heads]``) with every head not in ``heads`` set to NaN (not
+    scanned): what a scan of only ``heads`` returns, since each head's effect is exact alone."""
     out = torch.full_like(effects, float("nan"))
     for l, h in heads:
         out[l, h] = effects[l, h]
@@ -376,7 +377,7 @@ def _head_effects_llama(model, corrupted_prompts: Sequence[str], answers: Sequen
                 bar.update(len(last))
     if bar is not None:
         bar.close()
-    return _nan_outside(total / n, heads)
+    return nan_outside(total / n, heads)
 
 
 @dataclass

@@ -21,7 +21,7 @@ Command line::
 
     python -m fv_exercises.recipe search   # the comparison on train queries, and the choice
     python -m fv_exercises.recipe table    # docs/function_vectors.md (test queries + held-out words;
-                                           # about 22 min on 2 cores)
+                                           # 20 min on 2 cores)
 
 The chosen recipe itself lives in :mod:`fv_exercises.heads` (section 6,
 :func:`fv_exercises.heads.function_vector_for_task`): this module only chooses and measures it.
@@ -219,7 +219,7 @@ def candidate_variants(model, stats: TaskStats, universal: Tensor) -> tuple[list
     (scale 1 and 2), for reference.
     """
     from fv_exercises.heads import COURSE_RECIPE as R
-    from fv_exercises.heads import function_vector, top_heads
+    from fv_exercises.heads import function_vector, nan_outside, top_heads
 
     n = model.cfg.n_layers
     layers = search_layers(n)
@@ -245,7 +245,7 @@ def candidate_variants(model, stats: TaskStats, universal: Tensor) -> tuple[list
                         for scale in (1.0, 2.0):
                             keys.append((heads, k, spread, scale))
                             variants.append({l: raw * scale for l in spread})
-    scanned = scanned_only(stats.effects(), R.first_scanned_layer(n))
+    scanned = nan_outside(stats.effects(), R.scanned_heads(n, model.cfg.n_heads))
     for k in R.ks:
         raw = function_vector(model, stats.mean_z, top_heads(scanned, k))
         for scale in R.scales:
@@ -257,15 +257,6 @@ def candidate_variants(model, stats: TaskStats, universal: Tensor) -> tuple[list
             keys.append(("tv", 0, (layer,), scale))
             variants.append({layer: stats.task_vectors[layer] * scale})
     return keys, variants
-
-
-def scanned_only(effects: Tensor, first_layer: int) -> Tensor:
-    """``effects`` (``[n_layers, n_heads]``) with the layers below ``first_layer`` set to ``NaN``:
-    the ranking a scan of only the layers from ``first_layer`` on gives (the scan is exact per
-    head, so the scanned heads' effects are the same)."""
-    out = effects.clone()
-    out[:first_layer] = float("nan")
-    return out
 
 
 @dataclass
@@ -294,7 +285,8 @@ def search_data(model, tasks: Sequence[str], seed: int = 0, progress: bool = Tru
 
     every = task_names()
     stats = {t: task_stats(model, t, seed) for t in tqdm(every, desc="scans", disable=not progress)}
-    universal = torch.stack([stats[t].effects() for t in every]).mean(0)
+    effects = {t: stats[t].effects() for t in every}  # [n_layers, n_heads] each
+    universal = torch.stack(list(effects.values())).mean(0)
     zero, few, shuffled, keys = {}, {}, {}, []
     for task in tqdm(tasks, desc="candidates", disable=not progress):
         select = ICLDataset.build(task, N_SEARCH_QUERIES, seed=seed + SELECT_SEED_OFFSET, split="train")
@@ -302,8 +294,7 @@ def search_data(model, tasks: Sequence[str], seed: int = 0, progress: bool = Tru
         zero[task] = steered_top1(model, select.zero_shot_prompts, select.answers, variants)
         shuffled[task] = steered_top1(model, select.corrupted_prompts, select.answers, variants)
         few[task] = top1_correct(model, select.prompts, select.answers)
-    return SearchData(keys, zero, few, model.cfg.n_layers, {t: stats[t].effects() for t in every},
-                      shuffled)
+    return SearchData(keys, zero, few, model.cfg.n_layers, effects, shuffled)
 
 
 @dataclass(frozen=True)
@@ -330,7 +321,7 @@ def _third(n_layers: int) -> int:
     return min(search_layers(n_layers), key=lambda l: abs(l - n_layers / 3))
 
 
-def families(n_layers: int = 30) -> list[Family]:
+def families(n_layers: int) -> list[Family]:
     """The recipe families the search compares (all candidates are in :func:`candidate_variants`)
     for a model with ``n_layers`` blocks."""
     from fv_exercises.heads import COURSE_RECIPE as R

@@ -184,7 +184,7 @@ def test_choose_prefers_the_cheaper_of_two_close_families():
             ("tv", 0, (2,), 1.0)]
     zero = {"a": torch.tensor([[1, 1, 0, 0], [1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]]).bool()}
     data = SearchData(keys, zero, {"a": torch.ones(4, dtype=torch.bool)}, n_layers=30)
-    fams = [f for f in families() if f.name in ("task, full grid", "universal, full grid",
+    fams = [f for f in families(30) if f.name in ("task, full grid", "universal, full grid",
                                                   "residual task vector")]
     scores = [cross_fit(data, f, repeats=3) for f in fams]
     by_name = {s.family.name: s for s in scores}
