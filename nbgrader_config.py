@@ -32,3 +32,19 @@ c.Execute.iopub_timeout = 30
 
 # The learner stub nbgrader writes in place of each solution region.
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
+
+# Autograding trusts nothing the submission computed (docs/instructors.md, "What the autograder
+# defends against"): fv_exercises.judge.SecureExecute replaces nbgrader's Execute step. Each
+# submission's kernel runs in a bubblewrap sandbox; grade cells never run in it: they run in
+# the grading process, with the course's checks and models, calling the learner's functions in
+# the kernel for their outputs only. `--SecureExecute.sandbox=False` (what
+# `course autograde --no-sandbox` passes) grades without the sandbox.
+c.Autograde.autograde_preprocessors = [
+    "fv_exercises.judge.SecureExecute",
+    "nbgrader.preprocessors.IgnorePattern",
+    "nbconvert.preprocessors.ClearMetadataPreprocessor",
+    "nbgrader.preprocessors.LimitOutput",
+    "nbgrader.preprocessors.SaveAutoGrades",
+    "nbgrader.preprocessors.AssignLatePenalties",
+    "nbgrader.preprocessors.CheckCellMetadata",
+]

@@ -13,8 +13,10 @@ place a reference solution is written. From them we generate:
 generated file is stale (a test runs it).
 
 For instructors (``docs/instructors.md``): ``... course autograde ASSIGNMENT [--student ID]``
-grades submissions (:mod:`fv_exercises.autograding`), and ``... course nbgrader ARGS`` runs any
-nbgrader command with this environment's tools on ``PATH``. Both work on the current directory
+grades submissions (:mod:`fv_exercises.autograding`; each in a sandbox, judged outside it:
+:mod:`fv_exercises.judge`), ``... course similarity ASSIGNMENT`` reports how alike submissions
+are (:mod:`fv_exercises.similarity`), and ``... course nbgrader ARGS`` runs any
+nbgrader command with this environment's tools on ``PATH``. They work on the current directory
 when it holds an ``nbgrader_config.py`` (as nbgrader does), else on this clone.
 """
 
@@ -139,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["nbgrader"]:  # everything after it goes to nbgrader untouched
         return _nbgrader_passthrough(argv[1:])
+    if argv[:1] == ["similarity"]:  # its own options (fv_exercises.similarity)
+        from fv_exercises.similarity import main as similarity_main
+
+        return similarity_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m fv_exercises.course", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -155,6 +161,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="grade again submissions that were autograded before")
     p.add_argument("--timeout", type=int, metavar="SECONDS",
                    help="per-cell limit for this run (default: nbgrader_config.py)")
+    p.add_argument("--no-sandbox", action="store_true",
+                   help="grade without the bubblewrap sandbox (only submissions you trust: their "
+                   "code then runs with your rights; the verdict is still computed outside them)")
+    p = sub.add_parser("similarity", add_help=False,
+                       help="instructor: how alike submissions' graded functions are, and which "
+                       "call the course's own implementation (a report to read, never a grade)")
+    p.add_argument("args", nargs=argparse.REMAINDER)
     sub.add_parser("nbgrader", help="instructor: run `nbgrader ARGS...` with this environment's "
                    "tools on PATH (no need to activate .venv)")
     args = parser.parse_args(argv)
@@ -166,7 +179,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "autograde":
         from fv_exercises.autograding import autograde, course_dir, print_outcomes
 
+        from fv_exercises.sandbox import SandboxUnavailable, check_available
+
         extra = [f"--Execute.timeout={args.timeout}"] if args.timeout else []
+        if args.no_sandbox:
+            extra.append("--SecureExecute.sandbox=False")
+        else:
+            try:
+                check_available()
+            except SandboxUnavailable as exc:
+                print(f"autograde refused: {exc}", file=sys.stderr)
+                return 2
         outcomes = autograde(course_dir(), args.assignment, args.student, force=args.force,
                              extra=extra)
         print_outcomes(args.assignment, outcomes)

@@ -14,6 +14,8 @@ For each assignment it builds a scratch course (its own gradebook, in a temporar
   kernelspec whose ``env`` blanks the variable is put first on ``JUPYTER_PATH`` for this run only.
   Every cell then does its full work, as when a learner runs the notebook; nbgrader's own work
   (sanitising, the gradebook, writing files) is the same in both.
+- ``unsandboxed`` (on request): ``graded`` without the grading sandbox
+  (``--SecureExecute.sandbox=False``); the table prints what the sandbox costs.
 
 With ``--shards K`` (default 2, one per core of the course's 2-core reference machine) the batch
 is split across ``K`` scratch courses autograded side by side, each kernel with one torch thread
@@ -41,7 +43,7 @@ from pathlib import Path
 import nbformat
 
 GOAL_SECONDS = 30.0
-MODES = ("graded", "full")
+MODES = ("graded", "full", "unsandboxed")
 
 
 @dataclass
@@ -119,10 +121,11 @@ def grade_batch(workdir: Path, name: str, n: int, mode: str, shards: int = 1) ->
     if len(sizes) > 1:
         # two kernels with two OpenMP threads each on two cores spin-wait for each other
         env = dict(env, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    extra = ["--SecureExecute.sandbox=False"] if mode == "unsandboxed" else []
     start = time.perf_counter()
     with ThreadPoolExecutor(len(roots)) as pool:
-        results = list(pool.map(
-            lambda root: nbgrader(root, "autograde", name, "--create", check=False, env=env), roots))
+        results = list(pool.map(lambda root: nbgrader(
+            root, "autograde", name, "--create", *extra, check=False, env=env), roots))
     seconds = time.perf_counter() - start
     for result in results:
         if result.returncode != 0:
@@ -183,12 +186,14 @@ def bench_grade(args: argparse.Namespace) -> None:
                       + (f"  LOST POINTS: {t.lost_points[:4]}" if t.lost_points else ""),
                       flush=True)
     print()
-    print(f"{'notebook':24} {'graded':>9} {'full':>9} {'full/graded':>11}  goal <= {GOAL_SECONDS:.0f} s")
+    print(f"{'notebook':24} {'graded':>9} {'full':>9} {'full/graded':>11} {'unsandboxed':>11} "
+          f"{'sandbox cost':>12}  goal <= {GOAL_SECONDS:.0f} s (graded, in the sandbox)")
     for name, by_mode in rows.items():
-        g, f = by_mode.get("graded"), by_mode.get("full")
+        g, f, u = by_mode.get("graded"), by_mode.get("full"), by_mode.get("unsandboxed")
         ratio = f"{f.per_submission / g.per_submission:10.1f}x" if g and f else f"{'-':>11}"
+        cost = f"{g.per_submission / u.per_submission:11.2f}x" if g and u else f"{'-':>12}"
         ok = "" if not g else ("ok" if g.per_submission <= GOAL_SECONDS else "OVER")
-        print(f"{name:24} {_secs(g):>9} {_secs(f):>9} {ratio}  {ok}")
+        print(f"{name:24} {_secs(g):>9} {_secs(f):>9} {ratio} {_secs(u):>11} {cost}  {ok}")
     timings = [t for by_mode in rows.values() for t in by_mode.values()]
     worst = max(timings, key=lambda t: t.slowest_grade_cell[1])
     print(f"slowest grade cell: {worst.assignment} {worst.slowest_grade_cell[0]} "
@@ -213,8 +218,9 @@ def add_grade_options(parser: argparse.ArgumentParser) -> None:
                    help="scratch courses autograded side by side, one torch thread each (default 2: "
                         "one per core of a 2-core machine; 1 grades the batch in one process)")
     g.add_argument("--modes", default="graded,full",
-                   help="graded (NBGRADER_EXECUTION set, as nbgrader runs) and/or full (hidden "
-                        "from the kernel); default both")
+                   help="graded (NBGRADER_EXECUTION set, as nbgrader runs), full (hidden from the "
+                        "kernel) and/or unsandboxed (graded, without the grading sandbox: what "
+                        "the sandbox costs); default graded,full")
 
 
 def main(argv: list[str] | None = None) -> int:

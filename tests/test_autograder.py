@@ -168,7 +168,7 @@ EXPECTED = {
     "unreadable": ({FIND: ZERO, MEAN: ZERO}, []),
     "missing": ({FIND: ZERO, MEAN: ZERO}, []),
     "hangs": ({FIND: ZERO, MEAN: FULL}, ["CellTimeoutError"]),
-    "reordered": ({FIND: ZERO, MEAN: FULL}, ["NameError"]),
+    "reordered": ({FIND: ZERO, MEAN: FULL}, ["`find_task_vector` is not defined when its grade cell runs"]),
 }
 
 # ---------------------------------------------------------------------------------------------

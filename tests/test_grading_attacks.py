@@ -1,0 +1,327 @@
+"""Dishonest and hostile submissions, graded in one batch beside an honest one.
+
+Each attacker is a submission of notebook 01 (trimmed to the cells grading needs, as in
+tests/test_autograder.py) whose solution cells try to earn points without the work, or to harm
+the grader: fake checks, the answer key, monkeypatching, reading or writing outside its sandbox,
+exhausting processes, memory or disk, a thread that outlives its cell, the network. For every
+row the test asserts the attacker's score per grade cell, that the honest student (graded after
+the attackers, in the same nbgrader run) keeps full marks, and that nothing outside the sandbox
+changed: the course folder (every file's bytes except what grading itself writes), the
+repository, a canary file in the grader's home, and a TCP server the attackers try to reach.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import threading
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from fv_exercises.autograding import (autograde, cell_scores, notebook_path, reference_submission,
+                                      scratch_course, submit)
+from fv_exercises.course import ROOT
+
+pytestmark = pytest.mark.notebook
+
+NAME = "01_task_vectors"
+FIND, MEAN = "test_find_task_vector", "test_mean_task_vector"
+
+# Wrong on purpose: adds nothing (the plain zero-shot logits) / returns zeros.
+WRONG = '''
+def find_task_vector(model, icl_prompt, zero_shot_prompt, layer):
+    return model(zero_shot_prompt)
+
+def mean_task_vector(model, icl_prompts, zero_shot_prompts, layer):
+    return torch.zeros(model.cfg.d_model)
+'''
+
+# Every way to fake a pass from inside the kernel, at once (issue 18's first row and more).
+FAKES = WRONG + '''
+import builtins, sys, types
+import fv_exercises.checks.core as core
+import fv_exercises.checks.task_vectors as tv
+
+def check_find_task_vector(*args, **kwargs):
+    print("find_task_vector matches the reference")
+def check_mean_task_vector(*args, **kwargs):
+    print("mean_task_vector matches the reference")
+tv.check_find_task_vector = check_find_task_vector      # the module too
+tv.check_mean_task_vector = check_mean_task_vector
+core.compare = lambda *a, **k: 0.0                       # the comparison itself
+core.CheckFailure = type("Nothing", (Exception,), {})
+torch.allclose = lambda *a, **k: True
+builtins.AssertionError = type("Nothing", (Exception,), {})
+fake = types.ModuleType("fv_exercises.checks.task_vectors")
+fake.check_find_task_vector = check_find_task_vector
+fake.check_mean_task_vector = check_mean_task_vector
+sys.modules["fv_exercises.checks.task_vectors"] = fake  # swap the module
+get_ipython().showtraceback = lambda *a, **k: None      # hide every error (nbgrader PR 1324)
+get_ipython().set_custom_exc((BaseException,), lambda *a, **k: None)
+print("all good")
+'''
+
+# The answer key, imported inside the functions (so the cell itself runs).
+ANSWER_KEY = '''
+def find_task_vector(model, icl_prompt, zero_shot_prompt, layer):
+    from fv_exercises.reference.task_vectors import find_task_vector as ref
+    return ref(model, icl_prompt, zero_shot_prompt, layer)
+
+def mean_task_vector(model, icl_prompts, zero_shot_prompts, layer):
+    import importlib
+    ref = importlib.import_module("fv_exercises.reference.task_vectors")
+    return ref.mean_task_vector(model, icl_prompts, zero_shot_prompts, layer)
+'''
+
+# Reads and writes everything it can name: filled in with the real paths by _snoop().
+SNOOP = WRONG + '''
+import glob, os, pathlib, sqlite3
+found = []
+for target in {reads!r}:
+    for path in glob.glob(target, recursive=True)[:50]:
+        try:
+            found.append(path + ": " + pathlib.Path(path).read_text(errors="replace")[:2000])
+        except Exception as exc:
+            print("cannot read", path, type(exc).__name__)
+print("\\n".join(found) or "read nothing")
+for target in {writes!r}:
+    try:
+        pathlib.Path(target).write_text("pwned")
+        print("WROTE", target)
+    except Exception as exc:
+        print("cannot write", target, type(exc).__name__)
+try:
+    db = sqlite3.connect({gradebook!r})
+    db.execute("UPDATE grade SET auto_score = 99")
+    db.commit()
+    print("EDITED the gradebook")
+except Exception as exc:
+    print("cannot edit the gradebook", type(exc).__name__)
+'''
+
+# Exhausts what it can: processes, memory, disk, a thread that outlives its cell, the network.
+RESOURCES = WRONG + '''
+import os, socket, threading, time
+try:
+    socket.create_connection(("127.0.0.1", {port}), timeout=2).sendall(b"pwned")
+    print("CONNECTED to the grader's machine")
+except OSError as exc:
+    print("no network:", type(exc).__name__)
+
+def outlive():
+    while True:
+        for target in {writes!r}:
+            try:
+                open(target, "w").write("pwned by a thread")
+            except Exception:
+                pass
+        time.sleep(0.05)
+threading.Thread(target=outlive, daemon=False).start()  # never ends, keeps the kernel alive
+hoard = []
+try:
+    hoard.append(bytearray(64 << 30))
+except MemoryError:
+    print("64 GB: MemoryError")
+try:
+    while True:
+        hoard.append(bytearray(256 << 20))
+except MemoryError:
+    print("memory stopped at", len(hoard) // 4, "GB")
+hoard.clear()
+for folder in (".", "/tmp", "/dev/shm", "/", "/opt/fv-cache"):
+    written = 0
+    try:
+        for i in range(10_000):
+            with open(os.path.join(folder, f"fill{{i}}"), "wb") as f:
+                f.write(b"x" * (64 << 20))
+            written += 64
+    except OSError as exc:
+        print("disk", folder, "stopped at", written, "MB:", type(exc).__name__)
+    for name in os.listdir(folder):
+        if name.startswith("fill"):
+            os.remove(os.path.join(folder, name))
+children = 0
+try:
+    for _ in range(100_000):
+        pid = os.fork()
+        if pid == 0:  # each child sleeps; only the end of the sandbox removes them
+            time.sleep(3600)
+            os._exit(0)
+        children += 1
+except OSError as exc:
+    print("fork stopped after", children, "children:", type(exc).__name__)
+'''
+
+# Ends the kernel before the grade cells, hoping that a cell that never runs cannot fail.
+EXITS = WRONG + '''
+import os
+os._exit(0)
+'''
+
+
+def _grade_id(cell) -> str | None:
+    return cell.metadata.get("nbgrader", {}).get("grade_id")
+
+
+def _trimmed(nb):
+    """Only the cells grading needs: nbgrader cells, ``export`` imports, the set-up cell."""
+    nb = nbformat.from_dict(json.loads(json.dumps(nb)))
+    nb.cells = [c for c in nb.cells if c.cell_type == "code" and (
+        _grade_id(c) or "export" in c.metadata.get("tags", []) or "load_model(" in c.source)]
+    return nb
+
+
+def _attack(nb, code: str):
+    """``nb`` with both solution cells replaced: the first by ``code``, the second emptied."""
+    nb = nbformat.from_dict(json.loads(json.dumps(nb)))
+    for cell in nb.cells:
+        if _grade_id(cell) == "find_task_vector":
+            cell.source = code
+        elif _grade_id(cell) == "mean_task_vector":
+            cell.source = "pass"
+    return nb
+
+
+def _fingerprint(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
+    """``{relative path: sha256}`` of every file under ``folder`` (not under ``skip``)."""
+    out = {}
+    for path in sorted(folder.rglob("*")):
+        rel = str(path.relative_to(folder))
+        if path.is_file() and not path.is_symlink() and not rel.startswith(skip) \
+                and "__pycache__" not in rel and ".pytest_cache" not in rel:
+            out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+class _Listener:
+    """A TCP server on the grader's loopback: any connection from a sandbox is an escape."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self._stop = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while not self._stop:
+            try:
+                conn, _ = self.sock.accept()
+                self.connections += 1
+                conn.close()
+            except OSError:
+                pass
+
+    def close(self):
+        self._stop = True
+        self.thread.join()
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def attacked(tmp_path_factory, model):
+    """The batch graded; returns what the assertions need."""
+    root = tmp_path_factory.mktemp("attacks")
+    scratch_course(root, [NAME])
+    honest = _trimmed(reference_submission(root, NAME))
+    home_canary = Path.home() / f".fv-canary-{os.getpid()}"
+    home_canary.write_text("the grader's own file")
+    writes = [str(root / "pwned.txt"), str(root / "gradebook.db"),
+              str(notebook_path(root, "submitted", "honest", NAME)),
+              str(ROOT / "fv_exercises" / "pwned.py"), str(ROOT / "pwned.txt"),
+              str(home_canary)]
+    reads = [str(root / "solutions" / "**" / "*.ipynb"), str(ROOT / "solutions" / "**" / "*.ipynb"),
+             str(ROOT / "fv_exercises" / "reference" / "*.py"), str(root / "submitted" / "**" / "*.ipynb"),
+             str(home_canary), str(Path.home() / ".*"), "/etc/shadow", "/root/*"]
+    listener = _Listener()
+    attackers = {
+        "attack_fakes": FAKES,
+        "attack_answer_key": ANSWER_KEY,
+        "attack_snoop": SNOOP.format(reads=reads, writes=writes, gradebook=str(root / "gradebook.db")),
+        "attack_resources": RESOURCES.format(writes=writes + ["/tmp/pwned-by-a-submission"],
+                                             port=listener.port),
+        "attack_exits": EXITS,
+    }
+    for student, code in attackers.items():
+        submit(root, NAME, student, _attack(honest, code))
+    submit(root, NAME, "honest", honest)  # graded last: sorted after every "attack_*"
+    skip = ("autograded", "gradebook.db", ".nbgrader.log")  # what grading itself writes
+    before = (_fingerprint(root, skip), _fingerprint(ROOT / "fv_exercises"))
+    try:
+        outcomes = {o.student: o for o in autograde(root, NAME)}
+    finally:
+        listener.close()
+    after = (_fingerprint(root, skip), _fingerprint(ROOT / "fv_exercises"))
+    canary = home_canary.read_text()
+    home_canary.unlink()
+    return {"root": root, "outcomes": outcomes, "before": before, "after": after,
+            "canary": canary, "connections": listener.connections, "attackers": attackers}
+
+
+def _output_text(root: Path, student: str) -> str:
+    nb = nbformat.read(notebook_path(root, "autograded", student, NAME), as_version=4)
+    return "\n".join(str(o.get("text", "")) + str(o.get("evalue", "")) + str(o.get("data", ""))
+                     for c in nb.cells for o in c.get("outputs", []))
+
+
+# student -> (find_task_vector points, mean_task_vector points, texts its graded notebook shows)
+EXPECTED = {
+    "attack_fakes": (0, 0, ["all good", "matches a common mistake: no vector was added"]),
+    "attack_answer_key": (0, 0, ["No module named 'fv_exercises.reference"]),
+    "attack_snoop": (0, 0, ["read nothing", "cannot write", "cannot edit the gradebook"]),
+    "attack_resources": (0, 0, ["fork stopped after", "64 GB: MemoryError", "memory stopped at",
+                                "no network:"]),
+    "attack_exits": (0, 0, ["the kernel died"]),
+}
+
+
+def test_attacks_score_nothing_and_harm_nothing(attacked):
+    """One test for the one batch (another xdist worker would grade it again)."""
+    root, outcomes = attacked["root"], attacked["outcomes"]
+    failures = []
+    honest = cell_scores(root, NAME, "honest")
+    if not all(score == max_score > 0 for score, max_score in honest.values()):
+        failures.append(f"the honest student lost points: {honest}")
+    for student, (find, mean, texts) in EXPECTED.items():
+        scores = cell_scores(root, NAME, student)
+        got = (scores[FIND][0], scores[MEAN][0])
+        if got != (find, mean):
+            failures.append(f"{student} scored {got}, expected {(find, mean)}: {outcomes[student]}")
+        shown = _output_text(root, student)
+        failures += [f"{student}: {t!r} not in its graded notebook" for t in texts if t not in shown]
+        for leak in ("BEGIN HIDDEN TESTS", "BEGIN SOLUTION", "the grader's own file",
+                     "WROTE", "EDITED the gradebook", "CONNECTED"):
+            if leak in shown:
+                failures.append(f"{student}: its graded notebook shows {leak!r}")
+    if attacked["before"] != attacked["after"]:
+        b, a = attacked["before"], attacked["after"]
+        changed = [k for i in (0, 1) for k in set(b[i]) | set(a[i]) if b[i].get(k) != a[i].get(k)]
+        failures.append(f"files outside the sandbox changed: {changed}")
+    if attacked["canary"] != "the grader's own file":
+        failures.append("the canary in the grader's home was overwritten")
+    if attacked["connections"]:
+        failures.append(f"{attacked['connections']} connection(s) reached the grader's machine")
+    if Path("/tmp/pwned-by-a-submission").exists():
+        failures.append("a submission wrote /tmp/pwned-by-a-submission on the grader's machine")
+    assert not failures, "\n".join(failures)
+
+
+def test_no_sandbox_process_outlives_grading(attacked):
+    """The fork bomb's children and the outliving thread's kernel are gone after grading."""
+    leftovers = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "/run/connection.json" in cmd:  # the sandboxed kernels' command line
+            leftovers.append((pid, cmd[:120]))
+    assert not leftovers, leftovers
