@@ -33,6 +33,7 @@ import os
 import pkgutil
 import time
 import traceback
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -227,6 +228,11 @@ def judge_grade_cell(source: str, run: Callable[[str], list], label: str) -> lis
 # --------------------------------------------------------------------------------------------
 
 
+def _now() -> str:
+    """The current time as nbclient writes it into a cell's ``metadata.execution``."""
+    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
 class SecureExecute(Execute):
     """nbgrader's ``Execute``, with grade cells judged outside the kernel, and the kernel sandboxed.
 
@@ -294,9 +300,13 @@ class SecureExecute(Execute):
                 "error", ename="NotRun", evalue=why, traceback=[f"Not run: {why}."])]
             return cell, resources
         if judged:
+            start = _now()
             cell.outputs = judge_grade_cell(self._trusted[grade_id], self._run_in_kernel,
                                             f"grade cell {grade_id}")
             cell.execution_count = None
+            # nbclient's timing fields, which `course autograde` and the grading bench read
+            cell.metadata["execution"] = {"iopub.execute_input": start,
+                                          "shell.execute_reply": _now()}
             return cell, resources
         try:
             return super().preprocess_cell(cell, resources, index)

@@ -104,7 +104,9 @@ class _Cgroups:
                              "memory.max": limits.total_memory_bytes}}  # v2
         name = f"fv-sandbox-{os.getpid()}-{time.monotonic_ns()}"
         for controller, path in _own_cgroups().items():
-            folder = Path("/sys/fs/cgroup") / (controller if controller else "") / path.lstrip("/") / name
+            parent = Path("/sys/fs/cgroup") / (controller if controller else "") / path.lstrip("/")
+            _remove_stale(parent)
+            folder = parent / name
             try:
                 folder.mkdir()
             except OSError:
@@ -140,6 +142,17 @@ class _Cgroups:
                     break
                 except OSError:
                     time.sleep(0.1)
+
+
+def _remove_stale(parent: Path) -> None:
+    """Remove sandbox cgroups left by grading processes that no longer run (e.g. killed)."""
+    for folder in parent.glob("fv-sandbox-*"):
+        owner = folder.name.split("-")[2]
+        if owner.isdigit() and not Path(f"/proc/{owner}").exists():
+            try:
+                folder.rmdir()  # fails, harmlessly, while a process is still in it
+            except OSError:
+                pass
 
 
 def _own_cgroups() -> dict[str, str]:
