@@ -2,8 +2,9 @@
 learner's own functions.
 
 The graded functions themselves (``extract_function_vector``, ``test_function_vector``,
-``find_minimal_heads``) are written once, in the notebook; ``fv_exercises.reference.exercises`` is
-generated from it.
+``find_minimal_heads``) are written once, in the notebook (the grader's copy of them is generated
+from it). The main job needs the third one's answer, so :func:`minimal_heads` computes the same
+selection here: library code never imports the generated reference modules.
 """
 
 from __future__ import annotations
@@ -11,8 +12,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from fv_exercises.evaluation import answer_token_ids, last_position_logits, top1_correct
+from fv_exercises.heads import function_vector_details, function_vector_for_task, task_scan
 from fv_exercises.report import Context, Row, accuracy_row, difference_row
 from fv_exercises.stats import accuracy, paired_difference
+from fv_exercises.tasks import ICLDataset
 
 Head = tuple[int, int]
 
@@ -33,8 +37,6 @@ def head_contributions(model, task: str, seed: int = 0) -> dict[Head, Tensor]:
     the sum of its heads' mean outputs; head ``(l, h)``'s share is ``scale * mean_z[l, h] @
     W_O[l, h]``, so the shares sum to the vector exactly (up to float rounding).
     """
-    from fv_exercises.heads import function_vector_details, task_scan
-
     details = function_vector_details(model, task, seed)
     mean_z = task_scan(model, task, seed).mean_z  # [n_layers, n_heads, d_head]
     W_O = model.W_O  # [n_layers, n_heads, d_head, d_model]
@@ -66,21 +68,58 @@ def off_diagonal(matrix: Tensor) -> Tensor:
     return matrix[~torch.eye(matrix.shape[0], dtype=torch.bool)]
 
 
+def _steered_accuracy(model, vector: Tensor, layer: int, prompts: list[str],
+                      answers: list[str]) -> float:
+    """Top-1 accuracy of ``prompts`` with ``vector`` (``[d_model]``) added to
+    ``blocks.{layer}.hook_resid_post`` at each prompt's last position, all prompts in one
+    right-padded batch (the number notebook 09's ``test_function_vector`` returns)."""
+    logits = last_position_logits(model, prompts, add={layer: vector},
+                                  batch_size=max(1, len(prompts)))  # [n, d_vocab]
+    return (logits.argmax(-1) == answer_token_ids(model, answers)).float().mean().item()
+
+
+def minimal_heads(model, fv: Tensor, layer: int, threshold: float = 0.9, *,
+                  head_outputs: dict[Head, Tensor], test_prompts: list[str],
+                  expected: list[str]) -> list[Head]:
+    """The fewest top-ranked heads whose summed shares keep ``threshold`` of ``fv``'s accuracy.
+
+    The selection notebook 09's graded ``find_minimal_heads`` asks for (the main job's row).
+
+    Args:
+        model: a TransformerLens ``TransformerBridge``.
+        fv: ``[d_model]``, the function vector: the sum of ``head_outputs.values()``.
+        layer: block after whose ``hook_resid_post`` vectors are added, at the last position.
+        threshold: fraction of the full vector's top-1 accuracy to keep.
+        head_outputs: ``{(layer, head): [d_model]}``, each head's share of ``fv``
+            (:func:`head_contributions`).
+        test_prompts, expected: zero-shot queries ``[n]`` and their answers ``[n]``.
+
+    Returns:
+        ``[(layer, head), ...]``: the first ``k`` heads ranked by ``share @ fv / |fv|`` (largest
+        first; equal components keep ``head_outputs``' order), for the smallest ``k`` whose
+        summed shares reach ``threshold`` times the accuracy of ``fv``.
+    """
+    components = projections(head_outputs, fv)
+    ranked = sorted(head_outputs, key=lambda head: components[head], reverse=True)
+    target = threshold * _steered_accuracy(model, fv, layer, test_prompts, expected)
+    partial = torch.zeros_like(fv)
+    for k, head in enumerate(ranked, start=1):
+        partial = partial + head_outputs[head]  # the vector of the top-k heads, [d_model]
+        if _steered_accuracy(model, partial, layer, test_prompts, expected) >= target:
+            return ranked[:k]
+    return ranked
+
+
 def headline(ctx: Context) -> list[Row]:
     """The fewest of the function vector's heads that keep 90% of its accuracy: chosen on train
     queries, measured on test queries against the full vector."""
-    from fv_exercises.evaluation import top1_correct
-    from fv_exercises.heads import function_vector_for_task
-    from fv_exercises.reference.exercises import find_minimal_heads
-    from fv_exercises.tasks import ICLDataset
-
     model = ctx.model
     fv, layer = function_vector_for_task(model, ctx.task, ctx.seed)
     shares = head_contributions(model, ctx.task, ctx.seed)
     select = ICLDataset.build(ctx.task, 24, seed=ctx.seed + 10_000, split="train")
-    heads = find_minimal_heads(model, fv, layer, head_outputs=shares,
-                               test_prompts=list(select.zero_shot_prompts),
-                               expected=list(select.answers))
+    heads = minimal_heads(model, fv, layer, head_outputs=shares,
+                          test_prompts=list(select.zero_shot_prompts),
+                          expected=list(select.answers))
     small = torch.stack([shares[h] for h in heads]).sum(0)
     zs, answers = ctx.test.zero_shot_prompts, ctx.test.answers
     full_correct = top1_correct(model, zs, answers, add={layer: fv})

@@ -38,8 +38,11 @@ from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from fv_exercises.evaluation import resid_post_name, tokenize_right_padded
+from fv_exercises.evaluation import (answer_token_ids, last_position_logits, mean_resid_post,
+                                     resid_post_name, tokenize_right_padded)
 from fv_exercises.model import ModelLoadError, _quiet_transformers, convert_embedded
+from fv_exercises.report import Row, accuracy_row
+from fv_exercises.stats import accuracy
 
 if TYPE_CHECKING:  # pragma: no cover
     from nnsight import TransformersModel
@@ -226,16 +229,57 @@ def nnsight_project_out(nn_model, prompt: str, direction: Tensor, layer: int) ->
     return logits
 
 
-def nnsight_generate(nn_model, prompt: str, n_tokens: int) -> Tensor:
-    """Greedy continuation without intervention: ``n_tokens`` new token ids ``[n_tokens]``."""
+def nnsight_add_icl_state(nn_model, icl_prompt: str, zero_shot_prompt: str, layer: int) -> Tensor:
+    """nnsight: logits of ``zero_shot_prompt`` with ``icl_prompt``'s last-position state added.
+
+    Decoder layer ``layer``'s output at the last position of ``icl_prompt`` (``[1, d_model]``) is
+    added to the same layer's output at the last position of ``zero_shot_prompt`` only. The
+    computation notebook 07's graded ``nnsight_task_vector_logits`` asks for; its TransformerLens
+    counterpart is :func:`tl_add_icl_state`.
+
+    Returns:
+        logits ``[1, seq_len(zero_shot_prompt), d_vocab]``.
+    """
+    layers = decoder_layers(nn_model)
+    with torch.no_grad():
+        with nn_model.trace(icl_prompt):
+            h_task = layers[layer].output[:, -1].save()  # [1, d_model]
+        with nn_model.trace(zero_shot_prompt):
+            layers[layer].output[:, -1] += h_task
+            logits = nn_model.output.logits.save()
+    return logits
+
+
+def nnsight_generate(nn_model, prompt: str, n_tokens: int, vector: Tensor | None = None,
+                     layer: int | None = None) -> Tensor:
+    """Greedy continuation of exactly ``n_tokens`` new token ids ``[n_tokens]`` (no stop at EOS).
+
+    Args:
+        vector: ``None`` (default) for no intervention; else ``[d_model]``, added to decoder layer
+            ``layer``'s output at the last position of *every* forward pass (with the key/value
+            cache: the prompt's last token, then each new token once). The computation notebook
+            07's graded ``nnsight_generate_with_vector`` asks for; its TransformerLens counterpart
+            is :func:`tl_generate_with_vector`.
+        layer: the decoder layer ``vector`` is added to (required with ``vector``).
+    """
+    if vector is None:
+        with torch.no_grad(), nn_model.generate(prompt, max_new_tokens=n_tokens, do_sample=False,
+                                                eos_token_id=None) as tracer:
+            ids = tracer.result.save()
+        return ids[0, -n_tokens:]
+    if layer is None:
+        raise ValueError("nnsight_generate: a vector needs the layer to add it to")
+    layers = decoder_layers(nn_model)
     with torch.no_grad(), nn_model.generate(prompt, max_new_tokens=n_tokens, do_sample=False,
                                             eos_token_id=None) as tracer:
-        ids = tracer.result.save()
+        for step in tracer.iter[:n_tokens]:  # one forward pass per new token
+            layers[layer].output[:, -1] += vector
+        ids = tracer.result.save()  # [1, prompt_len + n_tokens]
     return ids[0, -n_tokens:]
 
 
 # --------------------------------------------------------------------------------------------
-# TransformerLens counterparts (notebooks 05 and 06 write the graded versions)
+# TransformerLens counterparts (notebooks 01, 05 and 06 write the graded versions)
 # --------------------------------------------------------------------------------------------
 
 
@@ -246,6 +290,27 @@ def _projection_hook(direction: Tensor):
         return resid - (resid @ unit)[..., None] * unit
 
     return hook
+
+
+def tl_add_icl_state(model, icl_prompt: str, zero_shot_prompt: str, layer: int) -> Tensor:
+    """TransformerLens: logits of ``zero_shot_prompt`` with ``icl_prompt``'s last-position
+    ``blocks.{layer}.hook_resid_post`` (``[1, d_model]``) added at the same hook, last position
+    only (notebook 01's ``find_task_vector``; nnsight: :func:`nnsight_add_icl_state`).
+
+    Returns:
+        logits ``[1, seq_len(zero_shot_prompt), d_vocab]``.
+    """
+    name = resid_post_name(layer)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(icl_prompt, names_filter=lambda n: n == name)
+        h_task = cache[name][:, -1]  # [1, d_model]: the final position
+
+        def add(resid: Tensor, hook=None) -> Tensor:
+            resid = resid.clone()
+            resid[:, -1] += h_task
+            return resid
+
+        return model.run_with_hooks(zero_shot_prompt, fwd_hooks=[(name, add)])
 
 
 def tl_project_out(model, prompt: str, direction: Tensor, layer: int) -> Tensor:
@@ -319,13 +384,6 @@ def headline(ctx) -> list:
     is notebook 01's mean difference (train prompts) at 2/3 of the depth (fixed, not tuned); its
     accuracy is on the test queries, in both libraries.
     """
-    from fv_exercises.evaluation import last_position_logits, mean_resid_post
-    from fv_exercises.reference.nnsight import (nnsight_generate_with_vector,
-                                                nnsight_task_vector_logits)
-    from fv_exercises.reference.task_vectors import find_task_vector
-    from fv_exercises.report import Row, accuracy_row
-    from fv_exercises.stats import accuracy
-
     model, train, test = ctx.model, ctx.train, ctx.test
     folder = bridge_folder(model)
     if folder is None:
@@ -347,8 +405,8 @@ def headline(ctx) -> list:
                            (tl_states - nn_states).abs().max().item(), t_tl, t_nn))
 
         icl, zero = train.prompts[0], test.zero_shot_prompts[0]
-        tl_logits, t_tl = _timed(find_task_vector, model, icl, zero, layer)
-        nn_logits, t_nn = _timed(nnsight_task_vector_logits, nn_model, icl, zero, layer)
+        tl_logits, t_tl = _timed(tl_add_icl_state, model, icl, zero, layer)
+        nn_logits, t_nn = _timed(nnsight_add_icl_state, nn_model, icl, zero, layer)
         rows.append(timing("task vector added (logits): max |TL - nnsight|",
                            (tl_logits - nn_logits).abs().max().item(), t_tl, t_nn, f"layer {layer}; "))
 
@@ -362,13 +420,13 @@ def headline(ctx) -> list:
         same, t_tl, t_nn = 0, 0.0, 0.0
         for query in queries:
             a, dt = _timed(tl_generate_with_vector, model, query, vector, layer, n_tokens)
-            b, dn = _timed(nnsight_generate_with_vector, nn_model, query, vector, layer, n_tokens)
+            b, dn = _timed(nnsight_generate, nn_model, query, n_tokens, vector, layer)
             same, t_tl, t_nn = same + int(torch.equal(a, b)), t_tl + dt, t_nn + dn
         rows.append(Row("generation with the vector: identical continuations", f"{same}/{len(queries)}",
                         "", f"{n_tokens} tokens each; TL {t_tl:.2f} s, nnsight {t_nn:.2f} s", same / len(queries)))
 
         answers = test.answers
-        ids = torch.tensor([model.tokenizer.encode(" " + a, add_special_tokens=False)[0] for a in answers])
+        ids = answer_token_ids(model, answers)
         tl_pred = last_position_logits(model, test.zero_shot_prompts, add={layer: vector}).argmax(-1)
         nn_pred = nnsight_last_logits(nn_model, test.zero_shot_prompts, add={layer: vector}).argmax(-1)
         rows += [

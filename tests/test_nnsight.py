@@ -15,10 +15,11 @@ import torch
 from fv_exercises.course import SOURCE
 from fv_exercises.evaluation import last_position_logits, resid_post_name
 from fv_exercises.nnsight_model import (adds_bos, decoder_layers, hf_module, load_nnsight_model,
-                                        matching_bos, n_layers, nnsight_generate,
-                                        nnsight_hidden_states, nnsight_last_logits,
-                                        nnsight_project_out, tl_generate_with_vector,
-                                        tl_last_logits_projected, tl_project_out, token_ids_match)
+                                        matching_bos, n_layers, nnsight_add_icl_state,
+                                        nnsight_generate, nnsight_hidden_states,
+                                        nnsight_last_logits, nnsight_project_out, tl_add_icl_state,
+                                        tl_generate_with_vector, tl_last_logits_projected,
+                                        tl_project_out, token_ids_match)
 from fv_exercises.reference.nnsight import nnsight_generate_with_vector, nnsight_task_vector_logits
 from fv_exercises.reference.task_vectors import find_task_vector
 from fv_exercises.tasks import ICLDataset
@@ -111,6 +112,41 @@ def test_task_vector_matches_notebook_01(model, nn_model, data):
         icl, zero = data.prompts[i], data.zero_shot_prompts[i + 2]
         assert close(nnsight_task_vector_logits(nn_model, icl, zero, layer),
                      find_task_vector(model, icl, zero, layer), EXACT)
+
+
+def test_library_task_vector_logits_equal_the_references(model, nn_model, data):
+    """The library's versions of notebook 01's ``find_task_vector`` (TransformerLens) and notebook
+    07's ``nnsight_task_vector_logits`` (nnsight), which notebook 07 and the main job use instead
+    of importing the reference: the same logits, bit for bit."""
+    for i, layer in ((0, model.cfg.n_layers // 2), (3, 2 * model.cfg.n_layers // 3)):
+        icl, zero = data.prompts[i], data.zero_shot_prompts[(i + 2) % len(data)]
+        theirs = find_task_vector(model, icl, zero, layer)
+        ours = tl_add_icl_state(model, icl, zero, layer)
+        assert ours.shape == theirs.shape == (1, model.to_tokens(zero).shape[1], model.cfg.d_vocab)
+        assert torch.equal(ours, theirs)
+        nn_ours = nnsight_add_icl_state(nn_model, icl, zero, layer)
+        assert torch.equal(nn_ours, nnsight_task_vector_logits(nn_model, icl, zero, layer))
+        assert close(nn_ours, theirs, EXACT)
+
+
+def test_library_generation_with_a_vector_equals_the_references(model, nn_model, data):
+    """``nnsight_generate(..., vector, layer)`` is notebook 07's ``nnsight_generate_with_vector``;
+    ``generation.generate`` with ``additions`` is notebook 06's ``generate_with_function_vector``
+    (the stand-in notebook 07 compares with): the same tokens, the same text."""
+    from fv_exercises.generation import generate
+    from fv_exercises.reference.generation import generate_with_function_vector
+
+    layer, n = 2 * model.cfg.n_layers // 3, 8
+    _, cache = model.run_with_cache(data.prompts[4])
+    vector = cache[resid_post_name(layer)][0, -1]
+    for prompt in data.zero_shot_prompts[:2]:
+        ours = nnsight_generate(nn_model, prompt, n, vector, layer)
+        assert ours.dtype == torch.long and ours.shape == (n,)
+        assert torch.equal(ours, nnsight_generate_with_vector(nn_model, prompt, vector, layer, n))
+        assert (generate(model, [prompt], n, additions={layer: vector})[0]
+                == generate_with_function_vector(model, prompt, vector, layer, max_tokens=n))
+    with pytest.raises(ValueError, match="layer"):
+        nnsight_generate(nn_model, data.zero_shot_prompts[0], 2, vector)
 
 
 def test_projection_matches_transformer_lens(model, nn_model, data):

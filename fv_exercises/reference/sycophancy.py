@@ -10,31 +10,6 @@ from torch import Tensor
 from fv_exercises.sycophancy import ChoicePrompts
 
 
-def sycophancy_vector(model, sycophantic_prompts: list[str], honest_prompts: list[str],
-                      layer: int) -> Tensor:
-    """Mean last-position ``resid_post`` of sycophantic prompts minus that of honest prompts.
-
-    Args:
-        model: a TransformerLens ``TransformerBridge``.
-        sycophantic_prompts: prompts where the user asserts a claim (any number, any lengths).
-        honest_prompts: prompts that ask neutrally (the baseline).
-        layer: block whose ``hook_resid_post`` is read.
-
-    Returns:
-        ``[d_model]`` difference vector.
-    """
-    hook_name = f"blocks.{layer}.hook_resid_post"
-
-    def mean_last_state(prompts: list[str]) -> Tensor:
-        states = []
-        for prompt in prompts:  # one at a time: prompts differ in length
-            _, cache = model.run_with_cache(prompt, names_filter=lambda name: name == hook_name)
-            states.append(cache[hook_name][0, -1])  # [d_model], the answer position
-        return torch.stack(states).mean(0)
-
-    return mean_last_state(sycophantic_prompts) - mean_last_state(honest_prompts)
-
-
 def steered_agreement(model, prompts: ChoicePrompts, vector: Tensor, layer: int,
                       multiplier: float) -> Tensor:
     """The false answer's share per prompt, with ``multiplier * vector`` added after the question.
@@ -62,3 +37,28 @@ def steered_agreement(model, prompts: ChoicePrompts, vector: Tensor, layer: int,
         probs = logits[0, -1].softmax(-1)
         shares.append(probs[false_id] / (probs[false_id] + probs[true_id]))
     return torch.stack(shares)
+
+
+def sycophancy_vector(model, sycophantic_prompts: list[str], honest_prompts: list[str],
+                      layer: int) -> Tensor:
+    """Mean last-position ``resid_post`` of sycophantic prompts minus that of honest prompts.
+
+    Args:
+        model: a TransformerLens ``TransformerBridge``.
+        sycophantic_prompts: prompts where the user asserts a claim (any number, any lengths).
+        honest_prompts: prompts that ask neutrally (the baseline).
+        layer: block whose ``hook_resid_post`` is read.
+
+    Returns:
+        ``[d_model]`` difference vector.
+    """
+    hook_name = f"blocks.{layer}.hook_resid_post"
+
+    def mean_last_state(prompts: list[str]) -> Tensor:
+        states = []
+        for prompt in prompts:  # one at a time: prompts differ in length
+            _, cache = model.run_with_cache(prompt, names_filter=lambda name: name == hook_name)
+            states.append(cache[hook_name][0, -1])  # [d_model], the answer position
+        return torch.stack(states).mean(0)
+
+    return mean_last_state(sycophantic_prompts) - mean_last_state(honest_prompts)
