@@ -25,6 +25,7 @@ import pytest
 from fv_exercises.autograding import (autograde, cell_scores, notebook_path, reference_submission,
                                       scratch_course, submit)
 from fv_exercises.course import ROOT
+from test_autograder import _grade_id, _trimmed  # the same trimmed submissions
 
 pytestmark = pytest.mark.notebook
 
@@ -161,18 +162,6 @@ EXITS = WRONG + '''
 import os
 os._exit(0)
 '''
-
-
-def _grade_id(cell) -> str | None:
-    return cell.metadata.get("nbgrader", {}).get("grade_id")
-
-
-def _trimmed(nb):
-    """Only the cells grading needs: nbgrader cells, ``export`` imports, the set-up cell."""
-    nb = nbformat.from_dict(json.loads(json.dumps(nb)))
-    nb.cells = [c for c in nb.cells if c.cell_type == "code" and (
-        _grade_id(c) or "export" in c.metadata.get("tags", []) or "load_model(" in c.source)]
-    return nb
 
 
 def _attack(nb, code: str):
