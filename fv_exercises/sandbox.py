@@ -242,6 +242,11 @@ def bwrap_args(spec: SandboxSpec, connection_file: str, scratch: Path,
             args += ["--ro-bind", system, system]
     for etc in ("/etc/ld.so.cache", "/etc/localtime", "/etc/fonts", "/etc/alternatives"):
         args += ["--ro-bind-try", etc, etc]
+    # The in-memory folders first: a course, environment or cache that lives under /tmp (a CI
+    # clone) is then bound on top of the new /tmp instead of being hidden by it.
+    size = str(lim.scratch_bytes)
+    args += ["--size", size, "--tmpfs", INSIDE_HOME, "--size", size, "--tmpfs", "/tmp",
+             "--size", str(16 << 20), "--tmpfs", "/run", "--dir", _SOCKETS]
     args += ["--ro-bind", str(scratch / "passwd"), "/etc/passwd",
              "--ro-bind", str(scratch / "group"), "/etc/group",
              "--proc", "/proc", "--dev", "/dev",
@@ -253,10 +258,7 @@ def bwrap_args(spec: SandboxSpec, connection_file: str, scratch: Path,
              "--tmpfs", str(package / "reference")]
     if spec.cache_dir is not None and spec.cache_dir.is_dir():
         args += ["--ro-bind", str(spec.cache_dir), INSIDE_CACHE]
-    size = str(lim.scratch_bytes)
-    args += ["--size", size, "--tmpfs", INSIDE_HOME, "--size", size, "--tmpfs", "/tmp",
-             "--size", str(16 << 20), "--tmpfs", "/run", "--dir", _SOCKETS,
-             "--ro-bind", connection_file, _CONNECTION,
+    args += ["--ro-bind", connection_file, _CONNECTION,
              "--ro-bind", str(scratch / "submission"), _SUBMISSION,
              "--size", str(64 << 20), "--tmpfs", "/dev/shm",
              "--chdir", INSIDE_HOME]

@@ -62,7 +62,7 @@ def probe(tmp_path):
     sub = tmp_path / "submission"
     sub.mkdir()
     (sub / "answer.ipynb").write_text("{}")
-    spec = SandboxSpec(submission_dir=sub, limits=Limits(memory_bytes=3 << 30))
+    spec = SandboxSpec(submission_dir=sub, limits=Limits(memory_bytes=5 << 30))
     scratch = _write_scratch(spec)
     connection = tmp_path / "connection.json"
     connection.write_text("{}")
@@ -97,7 +97,7 @@ def test_a_sandboxed_process_sees_only_the_environment_and_its_scratch(probe):
     assert facts["checks"] == "imported"  # the course's library works
     assert set(facts["writable"]) == {"/tmp", ".", "/home/learner", "/run"}, facts["writable"]
     assert facts["network"] is False
-    assert facts["limits"] == [3 << 30, Limits().file_bytes]
+    assert facts["limits"] == [5 << 30, Limits().file_bytes]
     assert facts["raised_limit"] is False
     assert "HOME" in facts["env"] and not any(k.startswith(("SSH", "GIT", "AWS")) for k in facts["env"])
 
