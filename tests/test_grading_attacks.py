@@ -286,8 +286,10 @@ def test_attacks_score_nothing_and_harm_nothing(attacked):
             failures.append(f"{student} scored {got}, expected {(find, mean)}: {outcomes[student]}")
         shown = _output_text(root, student)
         failures += [f"{student}: {t!r} not in its graded notebook" for t in texts if t not in shown]
+        # (A write may succeed inside the sandbox's own in-memory /tmp, e.g. when the course
+        # lives under /tmp; what counts is the grader's files, asserted below.)
         for leak in ("BEGIN HIDDEN TESTS", "BEGIN SOLUTION", "the grader's own file",
-                     "WROTE", "EDITED the gradebook", "CONNECTED"):
+                     "EDITED the gradebook", "CONNECTED"):
             if leak in shown:
                 failures.append(f"{student}: its graded notebook shows {leak!r}")
     if attacked["before"] != attacked["after"]:
@@ -298,6 +300,10 @@ def test_attacks_score_nothing_and_harm_nothing(attacked):
         failures.append("the canary in the grader's home was overwritten")
     if attacked["connections"]:
         failures.append(f"{attacked['connections']} connection(s) reached the grader's machine")
+    for planted in (attacked["root"] / "pwned.txt", ROOT / "pwned.txt",
+                    ROOT / "fv_exercises" / "pwned.py"):
+        if planted.exists():
+            failures.append(f"a submission wrote {planted} on the grader's machine")
     if Path("/tmp/pwned-by-a-submission").exists():
         failures.append("a submission wrote /tmp/pwned-by-a-submission on the grader's machine")
     assert not failures, "\n".join(failures)
