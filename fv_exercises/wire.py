@@ -11,13 +11,17 @@ What round-trips exactly: ``None``, ``bool``, ``int``, ``float`` (NaN and infini
 safetensors stores; bit for bit), numpy arrays (as tensors). Any other object arrives as an
 :class:`Opaque` whose class has the original type's name (so a check can say "you returned a
 CausalLMOutput") and whose public attributes of those kinds are kept (``result.logits``).
-Named globals of the judge (``model``, ``nn_model``) travel as :class:`Ref` and are replaced on
-the other side by the kernel's object of the same name.
+The course's own input records listed in :data:`CARRIED` (``ChoicePrompts``, notebook 08's
+prompts) travel field by field and are rebuilt as that class on the other side. Named globals of
+the judge (``model``, ``nn_model``) travel as :class:`Ref` and are replaced on the other side by
+the kernel's object of the same name.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
+import importlib
 import json
 import re
 from dataclasses import dataclass
@@ -30,6 +34,8 @@ from safetensors.torch import save as save_tensors
 MAX_BYTES = 256 << 20  # a payload larger than this is refused (logits of a few prompts are ~10 MB)
 MAX_DEPTH = 32
 _NAME = re.compile(r"[^A-Za-z0-9_]")
+#: Dataclasses of the course that a check passes to a learner's function, rebuilt by value.
+CARRIED = ("fv_exercises.sycophancy.ChoicePrompts",)
 
 
 class WireError(ValueError):
@@ -94,6 +100,10 @@ class _Encoder:
             return {"$set": [self.value(x, depth + 1) for x in v]}
         if type(v) is dict:
             return {"$dict": [[self.value(k, depth + 1), self.value(x, depth + 1)] for k, x in v.items()]}
+        qualified = f"{type(v).__module__}.{type(v).__qualname__}"
+        if qualified in CARRIED and dataclasses.is_dataclass(v):
+            return {"$data": qualified, "fields": {f.name: self.value(getattr(v, f.name), depth + 1)
+                                                   for f in dataclasses.fields(v)}}
         return {"$opaque": type(v).__name__, "attrs": self.attrs(v, depth)}
 
     def attrs(self, v: Any, depth: int) -> dict:
@@ -173,6 +183,8 @@ class _Decoder:
         if "$dict" in v:
             return {self.value(k, depth + 1): self.value(x, depth + 1)
                     for k, x in (self._pair(p) for p in self._list(v["$dict"]))}
+        if "$data" in v:
+            return self.record(v, depth)
         if "$opaque" in v:
             obj = _opaque_class(str(v["$opaque"]))()
             attrs = v.get("attrs") or {}
@@ -183,6 +195,18 @@ class _Decoder:
                     setattr(obj, k, self.value(x, depth + 1))
             return obj
         raise WireError("unexpected structure")
+
+    def record(self, v: dict, depth: int) -> Any:
+        """A dataclass of :data:`CARRIED`, rebuilt from its fields (no other class is imported)."""
+        qualified, fields = v.get("$data"), v.get("fields")
+        if qualified not in CARRIED or not isinstance(fields, dict):
+            raise WireError("unexpected structure")
+        module, _, name = str(qualified).rpartition(".")
+        cls = getattr(importlib.import_module(module), name)
+        known = {f.name for f in dataclasses.fields(cls)}
+        if set(fields) != known:
+            raise WireError(f"a {name} with other fields than the course's")
+        return cls(**{k: self.value(x, depth + 1) for k, x in fields.items()})
 
     @staticmethod
     def _list(v: Any) -> list:

@@ -76,3 +76,16 @@ def test_hostile_structures_are_refused():
             decode(_raw(header))
     odd = decode(_raw('{"$opaque": "os.system; rm -rf", "attrs": {"__class__": 1, "ok": 2}}'))
     assert type(odd).__name__.isidentifier() and odd.ok == 2 and type(odd) is not int
+
+
+def test_course_records_travel_by_value_and_only_they_do():
+    """Notebook 08's checks pass ``ChoicePrompts`` to ``steered_agreement``: its lists must arrive."""
+    from fv_exercises.sycophancy import ChoicePrompts
+
+    prompts = ChoicePrompts(["a b", "c d e"], [1, 2], [10, 11], [20, 21])
+    back = decode(encode(prompts))
+    assert type(back) is ChoicePrompts and back == prompts
+    for header in ('{"$data": "os.system", "fields": {}}',
+                   '{"$data": "fv_exercises.sycophancy.ChoicePrompts", "fields": {"texts": []}}'):
+        with pytest.raises(WireError):
+            decode(_raw(header))
