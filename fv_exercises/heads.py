@@ -647,7 +647,8 @@ def function_vector_details(model, task: str, seed: int = 0,
         if task not in tasks:
             tasks = tasks + [task]
         parts = ("function_vector", task, seed, recipe, _task_data(tasks))
-        raw = _disk_cached(model, parts, lambda: _as_record(_build(model, task, seed, recipe)))
+        raw = _disk_cached(model, parts, lambda: _as_record(_build(model, task, seed, recipe)),
+                           rebuild=("function_vector", task, seed, recipe))
         per_model[key] = _from_record(raw)
     return per_model[key]
 
@@ -672,7 +673,7 @@ def task_scan(model, task: str, seed: int = 0,
 
         parts = ("task_scan", task, seed, recipe.n_prompts, recipe.n_scan, recipe.scan_from,
                  _task_data([task]))
-        raw = _disk_cached(model, parts, compute)
+        raw = _disk_cached(model, parts, compute, rebuild=("task_scan", task, seed, recipe))
         per_model[key] = TaskScan(task, raw["mean_z"], raw["effects"])
     return per_model[key]
 
@@ -783,9 +784,16 @@ def disk_cache_dir() -> "Path":
     return cache_root() / "function_vectors"
 
 
-def _disk_cached(model, parts: tuple, compute: Callable[[], dict]) -> dict:
+#: What this process built but could not keep, because its cache is read-only (a kernel in the
+#: grading sandbox): ``(kind, task, seed, recipe)``, for :func:`rebuild_unsaved` in the grader.
+UNSAVED: list[tuple[str, str, int, "FunctionVectorRecipe"]] = []
+
+
+def _disk_cached(model, parts: tuple, compute: Callable[[], dict],
+                 rebuild: tuple | None = None) -> dict:
     """``compute()`` (a dict of tensors and plain values), kept on disk under a key made of the
-    model's fingerprint and ``parts``; written atomically (temporary file, then rename)."""
+    model's fingerprint and ``parts``; written atomically (temporary file, then rename).
+    ``rebuild``: how :func:`rebuild_unsaved` builds the same value, noted when it cannot be kept."""
     import hashlib
     import os
     import tempfile
@@ -808,8 +816,47 @@ def _disk_cached(model, parts: tuple, compute: Callable[[], dict]) -> dict:
         torch.save(value, tmp)
         os.replace(tmp, path)
     except OSError:  # a read-only cache is not an error: the value is still correct
-        pass
+        if rebuild is not None and rebuild not in UNSAVED:
+            UNSAVED.append(rebuild)
     return value
+
+
+def _within_course_recipe(recipe: object) -> bool:
+    """A recipe that costs no more than the course's (so a request to rebuild it is bounded)."""
+    c = COURSE_RECIPE
+    return (type(recipe) is FunctionVectorRecipe and recipe.heads in ("task", "universal")
+            and len(recipe.ks) <= len(c.ks) and all(0 < k <= max(c.ks) for k in recipe.ks)
+            and len(recipe.layer_fractions) <= len(c.layer_fractions)
+            and all(0 <= f <= 1 for f in recipe.layer_fractions)
+            and len(recipe.scales) <= len(c.scales) and 0 < recipe.n_prompts <= c.n_prompts
+            and 0 < recipe.n_scan <= c.n_scan and 0 < recipe.n_select <= c.n_select
+            and c.scan_from <= recipe.scan_from <= 1)
+
+
+def rebuild_unsaved(model, requests: Sequence, limit: int = 16) -> int:
+    """Build and keep on disk what a sandboxed kernel built but could not keep (its
+    :data:`UNSAVED`), so that the next submission's kernel reads it instead of building it again.
+
+    Runs in the grader, with its own model and code: a request only names what to build (a
+    shipped task, a seed, a recipe no costlier than the course's); anything else, and anything
+    past ``limit`` requests, is ignored. Returns how many requests were built (or already kept).
+    """
+    from fv_exercises.tasks import task_names
+
+    done = 0
+    for request in list(requests)[:limit]:
+        if not (isinstance(request, (tuple, list)) and len(request) == 4):
+            continue
+        kind, task, seed, recipe = request
+        if (kind not in ("function_vector", "task_scan") or task not in task_names()
+                or type(seed) is not int or not 0 <= seed < 1000 or not _within_course_recipe(recipe)):
+            continue
+        if kind == "function_vector":
+            function_vector_details(model, task, seed, recipe)
+        else:
+            task_scan(model, task, seed, recipe)
+        done += 1
+    return done
 
 
 def _as_record(fv: TaskFunctionVector) -> dict:

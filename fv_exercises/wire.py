@@ -11,8 +11,8 @@ What round-trips exactly: ``None``, ``bool``, ``int``, ``float`` (NaN and infini
 safetensors stores; bit for bit), numpy arrays (as tensors). Any other object arrives as an
 :class:`Opaque` whose class has the original type's name (so a check can say "you returned a
 CausalLMOutput") and whose public attributes of those kinds are kept (``result.logits``).
-The course's own input records listed in :data:`CARRIED` (``ChoicePrompts``, notebook 08's
-prompts) travel field by field and are rebuilt as that class on the other side. Named globals of
+The course's own records listed in :data:`CARRIED` (``ChoicePrompts``, notebook 08's prompts;
+``FunctionVectorRecipe``) travel field by field and are rebuilt as that class on the other side. Named globals of
 the judge (``model``, ``nn_model``) travel as :class:`Ref` and are replaced on the other side by
 the kernel's object of the same name.
 """
@@ -35,7 +35,9 @@ MAX_BYTES = 256 << 20  # a payload larger than this is refused (logits of a few 
 MAX_DEPTH = 32
 _NAME = re.compile(r"[^A-Za-z0-9_]")
 #: Dataclasses of the course that a check passes to a learner's function, rebuilt by value.
-CARRIED = ("fv_exercises.sycophancy.ChoicePrompts",)
+CARRIED = ("fv_exercises.sycophancy.ChoicePrompts",
+           # what a sandboxed kernel asks the grader to build for the disk cache (remote.unsaved)
+           "fv_exercises.heads.FunctionVectorRecipe")
 
 
 class WireError(ValueError):

@@ -112,3 +112,26 @@ def test_checks_pass_reference_on_other_families(family, tmp_path):
     wrong, message = (dv_no_norm, "final norm") if family == "gpt2" else (dv_embedding, "`W_E`")
     with pytest.raises(CheckFailure, match=re.escape(message)):
         check_decode_vector(wrong, tiny)
+
+
+def test_hidden_run_catches_the_new_mistakes(model):
+    """One head per layer (`dict(heads)`) and the k ids decoded together and split fail the hidden
+    run too, with their own messages."""
+    from wrong_04 import afv_dict_heads, dv_decode_split
+
+    with pytest.raises(CheckFailure, match=re.escape(AVERAGE_FUNCTION_VECTOR[afv_dict_heads])):
+        check_average_function_vector(afv_dict_heads, model, hidden=True)
+    with pytest.raises(CheckFailure, match=re.escape(DECODE_VECTOR[dv_decode_split])):
+        check_decode_vector(dv_decode_split, model, hidden=True)
+
+
+def test_split_and_stripped_are_told_apart(model):
+    """On the first visible case the two give the same tokens (every token is a word with its
+    leading space); the check tells them apart on the next case and names only the right one."""
+    from wrong_04 import dv_decode_split, dv_stripped
+
+    with pytest.raises(CheckFailure) as split:
+        check_decode_vector(dv_decode_split, model)
+    with pytest.raises(CheckFailure) as stripped:
+        check_decode_vector(dv_stripped, model)
+    assert "stripped" not in str(split.value) and "TOGETHER" not in str(stripped.value)

@@ -99,3 +99,10 @@ def test_reference_passes_on_other_families(family, tmp_path):
 def GENERATE_WRONG_ON_ANY_MODEL(model, prompt, fv, layer, max_tokens=10):  # noqa: N802
     """Returns the prompt with the text: wrong on every model."""
     return prompt + generate_with_function_vector(model, prompt, fv, layer, max_tokens)
+
+
+def test_hidden_run_catches_stripped_text(model):
+    from wrong_06 import gwfv_stripped
+
+    with pytest.raises(CheckFailure, match=re.escape(GENERATE[gwfv_stripped])):
+        check_generate_with_function_vector(gwfv_stripped, model, hidden=True)

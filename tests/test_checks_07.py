@@ -110,3 +110,48 @@ def test_generation_cases_tell_the_mistakes_apart(model, hidden):
             clash = [name for name, other in seen.items() if torch.equal(tokens, other)]
             assert not clash, (case.task, description[:60], clash)
             seen[description[:60]] = tokens
+
+
+@pytest.mark.parametrize("wrong", ["gen_returns_list", "gen_min_new_tokens"])
+def test_hidden_run_catches_list_and_banned_eos(model, nn_model, wrong):
+    import wrong_07
+
+    fn = getattr(wrong_07, wrong)
+    with pytest.raises(CheckFailure, match=re.escape(GENERATE[fn])):
+        check_nnsight_generate_with_vector(fn, model, nn_model, hidden=True)
+
+
+def test_hidden_run_names_a_replaced_state(model, nn_model):
+    from wrong_07 import tv_replaces_state
+
+    with pytest.raises(CheckFailure, match=re.escape(TASK_VECTOR[tv_replaces_state])):
+        check_nnsight_task_vector_logits(tv_replaces_state, model, nn_model, hidden=True)
+
+
+@pytest.mark.parametrize("hidden", [False, True])
+def test_eos_cases_reach_eos_with_clear_margins(model, hidden):
+    """The chat case of each run writes the end-of-sequence token before its last new token, and
+    the top two logits are at least 0.1 apart at every step (the nnsight copy must agree)."""
+    from fv_exercises.checks.nnsight import _GEN_EOS, _GEN_EOS_HIDDEN, _index
+    from fv_exercises.evaluation import resid_post_name
+
+    eos = model.tokenizer.eos_token_id
+    for case, n in (_GEN_EOS_HIDDEN if hidden else _GEN_EOS):
+        prompt, vector, layer = _gen_inputs(model, case)
+        expected = tl_generate_with_vector(model, prompt, vector, layer, n)
+        at = _index(expected, eos)
+        assert at is not None and at < n - 1, (case, expected)
+
+        def add(resid, hook):
+            resid = resid.clone()
+            resid[:, -1] += vector
+            return resid
+
+        step, cache, margins = model.to_tokens(prompt), None, []
+        for k in range(n):
+            logits, cache = model.run_with_hooks(step, fwd_hooks=[(resid_post_name(layer), add)],
+                                                 past_key_values=cache, return_type="logits_and_cache")
+            top = logits[0, -1].topk(2).values
+            margins.append((top[0] - top[1]).item())
+            step = expected[k].view(1, 1)
+        assert min(margins) > 0.1, (case, margins)

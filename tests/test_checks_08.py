@@ -97,3 +97,24 @@ def test_checks_pass_reference_on_tiny_models(family, tmp_path):
     with torch.no_grad():
         check_sycophancy_vector(sycophancy_vector, tiny)
         check_steered_agreement(steered_agreement, tiny)
+
+
+def test_hidden_run_catches_the_new_mistakes(model):
+    import re
+
+    from wrong_08 import sa_hard_agreement, sa_late_binding, sv_last_prompt_only
+
+    with pytest.raises(CheckFailure, match=re.escape(SYCOPHANCY_VECTOR[sv_last_prompt_only])):
+        check_sycophancy_vector(sv_last_prompt_only, model, hidden=True)
+    for wrong in (sa_late_binding, sa_hard_agreement):
+        with pytest.raises(CheckFailure, match=re.escape(STEERED_AGREEMENT[wrong])):
+            check_steered_agreement(wrong, model, hidden=True)
+
+
+def test_steering_cases_start_at_different_positions(model):
+    """In every case the prompts start steering at different positions, so hooks that all read the
+    last prompt's `steer_from` (a late-binding closure) show in the first case already."""
+    from fv_exercises.checks.sycophancy import _SA_CASES, _SA_HIDDEN
+
+    for case in _SA_CASES + _SA_HIDDEN:
+        assert len(set(case.prompts(model).steer_from)) > 1, case

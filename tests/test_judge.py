@@ -1,12 +1,9 @@
 """The judge without a kernel: grade cells executed in this process, the learner's functions
 answered by :func:`fv_exercises.remote.reply_text` on a namespace that stands in for the kernel's.
-(tests/test_grading_attacks.py grades real submissions in real sandboxed kernels.)"""
+(tests/grading_attacks.py grades real submissions in real sandboxed kernels.)"""
 
 from __future__ import annotations
 
-import ast
-
-import nbformat
 import pytest
 import torch
 from nbclient.exceptions import DeadKernelError
@@ -21,18 +18,11 @@ CELL = "check_find_task_vector(find_task_vector, model)\ncheck_find_task_vector(
 @pytest.fixture(autouse=True)
 def _judge_uses_the_session_model(monkeypatch, model):
     """The judge's own model is the session's (a second copy would only cost time here; the
-    graded batches in tests/test_grading_attacks.py use separate processes)."""
+    graded batches in tests/grading_attacks.py use separate processes)."""
     monkeypatch.setitem(judge._SHARED, "model", model)
 
 
-def kernel(namespace: dict):
-    """``run(code)`` as the sandboxed kernel would answer it, from ``namespace``."""
-    def run(code: str) -> list:
-        call = ast.parse(code).body[0].value
-        name, payload = (ast.literal_eval(a) for a in call.args[1:])
-        return [nbformat.v4.new_output("display_data",
-                                       data={remote.MIME: remote.reply_text(namespace, name, payload)})]
-    return run
+kernel = judge.in_process_kernel
 
 
 def _error(outputs):
@@ -92,3 +82,33 @@ def test_in_place_changes_to_arguments_come_back(model):
 
 def test_grade_cell_names():
     assert grade_cell_names(CELL) == ["check_find_task_vector", "find_task_vector", "model"]
+
+
+def test_what_a_sandboxed_kernel_could_not_keep_the_grader_builds_and_keeps(model, monkeypatch, tmp_path):
+    """A kernel's read-only cache: the build is noted in UNSAVED; the grader's rebuild_unsaved
+    builds it with its own code into its cache, and ignores requests it should not serve."""
+    from fv_exercises import heads
+    from fv_exercises.heads import FunctionVectorRecipe, rebuild_unsaved
+
+    tiny = FunctionVectorRecipe(ks=(5,), layer_fractions=(0.6,), scales=(2.0,), n_prompts=2,
+                                n_scan=1, n_select=2)
+    monkeypatch.setattr(heads, "UNSAVED", [])
+    monkeypatch.setenv("FV_CACHE_DIR", "/dev/null/read-only")  # no folder can be made there
+    heads.function_vector_details(model, "antonym", 3, tiny)
+    assert heads.UNSAVED == [("task_scan", "antonym", 3, tiny), ("function_vector", "antonym", 3, tiny)]
+    # what crosses the wire from the kernel is what the grader reads
+    requests = wire.decode(wire.encode(heads.UNSAVED))
+    assert requests == heads.UNSAVED
+
+    # the grader's process has built neither (its in-memory caches forget this tiny recipe)
+    heads._FV_CACHE[model].pop(("antonym", 3, tiny))
+    heads._SCANS[model].pop(("antonym", 3, tiny.n_prompts, tiny.n_scan, tiny.scan_from))
+    monkeypatch.setenv("FV_CACHE_DIR", str(tmp_path))
+    huge = FunctionVectorRecipe(n_prompts=10_000)
+    ignored = [("function_vector", "no_such_task", 3, tiny), ("function_vector", "antonym", -1, tiny),
+               ("function_vector", "antonym", 3, huge), ("os.system", "antonym", 3, tiny), "junk"]
+    assert rebuild_unsaved(model, ignored) == 0
+    assert not (tmp_path / "function_vectors").exists()
+    assert rebuild_unsaved(model, requests) == 2
+    kept = sorted(p.name.split("-")[0] for p in (tmp_path / "function_vectors").glob("*.pt"))
+    assert kept == ["function_vector", "task_scan"]

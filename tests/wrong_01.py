@@ -336,3 +336,57 @@ def mtv_correct_hooks_float64(model, icl_prompts, zero_shot_prompts, layer):
 
 
 MEAN_TASK_VECTOR_CORRECT = [mtv_correct_batched, mtv_correct_hooks_float64]
+
+
+# ---------------------------------------------------------------- mistakes the hidden cases must catch too
+
+def ftv_resid_pre_same_layer(model, icl_prompt, zero_shot_prompt, layer):
+    """Reads `hook_resid_post` of the layer but adds h at `hook_resid_pre` of the SAME layer
+    (the residual stream before the block: one layer too early)."""
+    _, cache = model.run_with_cache(icl_prompt)
+    h = cache[_post(layer)][:, -1]
+
+    def hook(resid, hook):
+        resid[:, -1] += h
+        return resid
+
+    return model.run_with_hooks(zero_shot_prompt, fwd_hooks=[(f"blocks.{layer}.hook_resid_pre", hook)])
+
+
+def ftv_bos(model, icl_prompt, zero_shot_prompt, layer):
+    """Tokenizes both prompts with a BOS token the course does not use."""
+    _, cache = model.run_with_cache(model.to_tokens(icl_prompt, prepend_bos=True))
+    h = cache[_post(layer)][:, -1]
+
+    def hook(resid, hook):
+        resid[:, -1] += h
+        return resid
+
+    return model.run_with_hooks(model.to_tokens(zero_shot_prompt, prepend_bos=True),
+                                fwd_hooks=[(_post(layer), hook)])
+
+
+def mtv_zip_pairs(model, icl_prompts, zero_shot_prompts, layer):
+    """One difference per (ICL, zero-shot) pair: `zip` stops at the shorter list."""
+    diffs = [_states(model, [a], layer)[0] - _states(model, [b], layer)[0]
+             for a, b in zip(icl_prompts, zero_shot_prompts)]
+    return torch.stack(diffs).mean(0)
+
+
+def mtv_last_prompt_only(model, icl_prompts, zero_shot_prompts, layer):
+    """The state is overwritten in the loop instead of collected: only the last prompt counts."""
+    for p in icl_prompts:
+        h_icl = model.run_with_cache(p)[1][_post(layer)][0, -1]
+    for p in zero_shot_prompts:
+        h_zero = model.run_with_cache(p)[1][_post(layer)][0, -1]
+    return h_icl - h_zero
+
+
+FIND_TASK_VECTOR.update({
+    ftv_resid_pre_same_layer: "hook_resid_pre",
+    ftv_bos: "a BOS token was prepended",
+})
+MEAN_TASK_VECTOR.update({
+    mtv_zip_pairs: "`zip` stops at the shorter list",
+    mtv_last_prompt_only: "only the LAST prompt of each list counts",
+})

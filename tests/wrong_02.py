@@ -195,3 +195,15 @@ def ftl_correct_batched_hooks_context(model, icl_prompt, probes, answers):
 
 
 FIND_TASK_LAYER_CORRECT = [ftl_seed_loop_correct, ftl_correct_batched_hooks_context]
+
+
+# ---------------------------------------------------------------- mistakes the hidden cases must catch too
+
+def ftl_resid_pre_write(model, icl_prompt, probes, answers):
+    """Reads `hook_resid_post` of layer l but adds h at `hook_resid_pre` of the same layer."""
+    return _seed_style(model, icl_prompt, probes, answers, write=lambda l: f"blocks.{l}.hook_resid_pre")
+
+
+FIND_TASK_LAYER.update({
+    ftl_resid_pre_write: "added at `hook_resid_pre` of layer l",
+})

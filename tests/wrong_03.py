@@ -169,3 +169,32 @@ def fth_correct_batched_heads(model, mean_z, prompts, answers, layers=None):
 
 
 FIND_TASK_HEADS_CORRECT = [fth_correct_batched_heads]
+
+
+# ---------------------------------------------------------------- mistakes the hidden cases must catch too
+
+def fth_one_baseline(model, mean_z, prompts, answers, layers=None):
+    """Measures every prompt's gain against the FIRST prompt's unpatched probability."""
+    ids = [model.tokenizer.encode(" " + a, add_special_tokens=False)[0] for a in answers]
+    p_base = model(prompts[0])[0, -1].softmax(-1)[ids[0]]  # computed once, reused for every prompt
+    H = model.cfg.n_heads
+    effects = {}
+    for layer in layers:
+        gains = []
+        for p, i in zip(prompts, ids):
+            def patch(z, hook, layer=layer):
+                z[torch.arange(H), -1, torch.arange(H)] = mean_z[layer]
+                return z
+
+            tokens = model.to_tokens(p).repeat(H, 1)
+            probs = model.run_with_hooks(tokens, fwd_hooks=[(f"blocks.{layer}.attn.hook_z", patch)])[:, -1].softmax(-1)
+            gains.append(probs[:, i] - p_base)
+        g = torch.stack(gains)
+        for head in range(H):
+            effects[(layer, head)] = g[:, head].mean().item()
+    return sorted(effects.items(), key=lambda kv: -kv[1])
+
+
+FIND_TASK_HEADS.update({
+    fth_one_baseline: "measured against ONE baseline",
+})

@@ -318,3 +318,28 @@ def dv_correct_hooks(model, vector, k=10):
 
 
 DECODE_VECTOR_CORRECT = [dv_correct_softmax_float64, dv_correct_manual, dv_correct_hooks]
+
+
+# ---------------------------------------------------------------- mistakes whose message named another cause
+
+def afv_dict_heads(model, prompts, heads):
+    """`dict(heads)` maps each layer to ONE head: a layer listed twice keeps only its last head."""
+    per_prompt = []
+    for prompt in prompts:
+        _, cache = model.run_with_cache(prompt)
+        per_prompt.append(sum(cache[_z(layer)][0, -1, head] @ model.W_O[layer, head]
+                              for layer, head in dict(heads).items()))
+    return torch.stack(per_prompt).mean(0)
+
+
+def dv_decode_split(model, vector, k=10):
+    """Decodes the k ids together, then splits the text on whitespace."""
+    return model.tokenizer.decode(_logits(model, vector).topk(k).indices.tolist()).split()
+
+
+AVERAGE_FUNCTION_VECTOR.update({
+    afv_dict_heads: "you kept ONE head per layer",
+})
+DECODE_VECTOR.update({
+    dv_decode_split: "you decoded the k ids TOGETHER and split the text",
+})

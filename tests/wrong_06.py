@@ -244,7 +244,7 @@ def gwfv_correct_generate(model, prompt, fv, layer, max_tokens=10):
     eos = model.tokenizer.eos_token_id
     if eos in new:
         new = new[:new.index(eos)]
-    return model.tokenizer.decode(new).strip()
+    return model.tokenizer.decode(new)
 
 
 def gwfv_correct_next_resid_pre(model, prompt, fv, layer, max_tokens=10):
@@ -256,3 +256,17 @@ def gwfv_correct_next_resid_pre(model, prompt, fv, layer, max_tokens=10):
 
 GENERATE_CORRECT = [gwfv_correct_uncached, gwfv_correct_hooks_context, gwfv_correct_generate,
                     gwfv_correct_next_resid_pre]
+
+
+# ---------------------------------------------------------------- mistakes both runs used to accept
+
+def gwfv_stripped(model, prompt, fv, layer, max_tokens=10):
+    """Strips the generated text (it usually starts with a space)."""
+    new = _cached_loop(model, model.to_tokens(prompt), lambda step: [(_post(layer), _add_last(fv))],
+                       max_tokens)
+    return model.tokenizer.decode(new).strip()
+
+
+GENERATE.update({
+    gwfv_stripped: "you stripped the whitespace around the text",
+})

@@ -444,7 +444,8 @@ GENERATE = {
 
 
 def gen_correct_list(nn_model, prompt, vector, layer, n_tokens):
-    """Explicit list of steps, an assignment instead of `+=`, ids returned as a Python list."""
+    """Explicit list of steps, an assignment instead of `+=`; the ids made a Python list and back
+    (a list itself is wrong: the notebook's next cell calls `.tolist()` on the result)."""
     layers = decoder_layers(nn_model)
     with nn_model.generate(prompt, max_new_tokens=n_tokens, do_sample=False, eos_token_id=None) as tracer:
         for step in tracer.iter[list(range(n_tokens))]:
@@ -452,7 +453,7 @@ def gen_correct_list(nn_model, prompt, vector, layer, n_tokens):
             out[:, -1] = out[:, -1] + vector
             layers[layer].output = out
         ids = tracer.result.save()
-    return ids[0, -n_tokens:].tolist()
+    return torch.tensor(ids[0, -n_tokens:].tolist())
 
 
 def gen_correct_float64(nn_model, prompt, vector, layer, n_tokens):
@@ -469,3 +470,49 @@ def gen_correct_float64(nn_model, prompt, vector, layer, n_tokens):
 
 
 GENERATE_CORRECT = [gen_correct_list, gen_correct_float64]
+
+
+# ---------------------------------------------------------------- mistakes both runs used to accept
+
+def gen_returns_list(nn_model, prompt, vector, layer, n_tokens):
+    """The new ids as a Python list: the notebook's next cell calls `.tolist()` on the result."""
+    layers = decoder_layers(nn_model)
+    with nn_model.generate(prompt, max_new_tokens=n_tokens, do_sample=False, eos_token_id=None) as tracer:
+        for step in tracer.iter[:n_tokens]:
+            layers[layer].output[:, -1] += vector
+        ids = tracer.result.save()
+    return ids[0, -n_tokens:].tolist()
+
+
+def gen_min_new_tokens(nn_model, prompt, vector, layer, n_tokens):
+    """Forces n new tokens with `min_new_tokens` instead of `eos_token_id=None`: Hugging Face then
+    bans the end-of-sequence token, so the text differs wherever the model would write it."""
+    layers = decoder_layers(nn_model)
+    with nn_model.generate(prompt, max_new_tokens=n_tokens, min_new_tokens=n_tokens,
+                           do_sample=False) as tracer:
+        for step in tracer.iter[:n_tokens]:
+            layers[layer].output[:, -1] += vector
+        ids = tracer.result.save()
+    return ids[0, -n_tokens:]
+
+
+# ---------------------------------------------------------------- a mistake whose message named another cause
+
+def tv_replaces_state(nn_model, icl_prompt, zero_shot_prompt, layer):
+    """Replaces the zero-shot prompt's final state with h instead of adding h to it."""
+    layers = decoder_layers(nn_model)
+    with nn_model.trace(icl_prompt):
+        h = layers[layer].output[:, -1].save()
+    with nn_model.trace(zero_shot_prompt):
+        layers[layer].output[:, -1] = h
+        logits = nn_model.output.logits.save()
+    return logits
+
+
+GENERATE.update({
+    gen_returns_list: "returned a Python list",
+    gen_min_new_tokens: "`min_new_tokens=n_tokens`",
+})
+TASK_VECTOR.update({
+    tv_replaces_state: "you REPLACED the zero-shot prompt's final state",
+})

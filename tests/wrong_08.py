@@ -376,3 +376,50 @@ def sa_correct_hooks_float64(model, prompts, vector, layer, multiplier):
 
 
 STEERED_AGREEMENT_CORRECT = [sa_correct_batched, sa_correct_hooks_float64]
+
+
+# ---------------------------------------------------------------- mistakes whose message named another cause
+
+def sv_last_prompt_only(model, sycophantic_prompts, honest_prompts, layer):
+    """The state is overwritten in the loop: only the last prompt of each list counts."""
+    for p in sycophantic_prompts:
+        syc = model.run_with_cache(p)[1][_post(layer)][0, -1]
+    for p in honest_prompts:
+        honest = model.run_with_cache(p)[1][_post(layer)][0, -1]
+    return syc - honest
+
+
+def sa_late_binding(model, prompts, vector, layer, multiplier):
+    """Builds one hook per prompt in a loop, then runs them: each hook reads `start` when it runs,
+    after the loop, so every prompt is steered from the LAST prompt's `steer_from`."""
+    hooks = []
+    for start in prompts.steer_from:
+        def hook(resid, hook):
+            resid[:, start:] += multiplier * vector
+            return resid
+        hooks.append(hook)
+    out = []
+    for text, hook, f, t in zip(prompts.texts, hooks, prompts.false_ids, prompts.true_ids):
+        logits = model.run_with_hooks(text, fwd_hooks=[(_post(layer), hook)])
+        out.append(_share(logits[0, -1], f, t))
+    return torch.stack(out)
+
+
+def sa_hard_agreement(model, prompts, vector, layer, multiplier):
+    """1 if the false answer is the more likely of the two, else 0: not the share."""
+    def make(start):
+        def hook(resid, hook):
+            resid[:, start:] += multiplier * vector
+            return resid
+        return hook
+    return _run(model, prompts, layer, make,
+                read=lambda row, f, t: (row[f] > row[t]).float())
+
+
+SYCOPHANCY_VECTOR.update({
+    sv_last_prompt_only: "only the LAST prompt",
+})
+STEERED_AGREEMENT.update({
+    sa_late_binding: "LAST prompt's `steer_from`",
+    sa_hard_agreement: "you returned 1 or 0",
+})

@@ -392,3 +392,61 @@ def fmh_correct_float64_own_accuracy(model, fv, layer, threshold=0.9, *, head_ou
 
 
 FIND_MINIMAL_HEADS_CORRECT = [fmh_correct_dict_free, fmh_correct_float64_own_accuracy]
+
+
+# ---------------------------------------------------------------- mistakes the hidden cases must catch too
+
+def tfv_batched_padding(model, fv, layer, test_prompts, expected):
+    """One right-padded batch, the vector added at and the logits read from `[:, -1]`."""
+    def hook(resid, hook):
+        resid[:, -1] += fv
+        return resid
+
+    logits = model.run_with_hooks(test_prompts, fwd_hooks=[(_post(layer), hook)])
+    ids = torch.tensor([_answer_id(model, a) for a in expected])
+    return (logits[:, -1].argmax(-1) == ids).float().mean().item()
+
+
+def tfv_whole_answer(model, fv, layer, test_prompts, expected):
+    """Compares the decoded top-1 token with the whole answer: right only for one-token answers."""
+    correct = 0
+    for prompt, answer in zip(test_prompts, expected):
+        logits = model.run_with_hooks(prompt, fwd_hooks=[(_post(layer), lambda r, hook: _add_last(r, fv))])
+        correct += int(model.tokenizer.decode([logits[0, -1].argmax().item()]).strip() == answer)
+    return correct / len(test_prompts)
+
+
+# ---------------------------------------------------------------- mistakes both runs used to accept
+
+def fmh_sorted_by_layer(model, fv, layer, threshold=0.9, *, head_outputs, test_prompts, expected):
+    """The right heads, sorted by (layer, head) instead of in ranked order."""
+    return sorted(ref.find_minimal_heads(model, fv, layer, threshold, head_outputs=head_outputs,
+                                         test_prompts=test_prompts, expected=expected))
+
+
+def fmh_dict(model, fv, layer, threshold=0.9, *, head_outputs, test_prompts, expected):
+    """The right heads as a dict {head: share}."""
+    heads = ref.find_minimal_heads(model, fv, layer, threshold, head_outputs=head_outputs,
+                                   test_prompts=test_prompts, expected=expected)
+    return {h: head_outputs[h] for h in heads}
+
+
+def efv_last_prompt_only(model, task_prompts, layer):
+    """The states are overwritten in the loop: only the last prompt counts."""
+    for p in task_prompts:
+        with_demos = model.run_with_cache(p)[1][_post(layer)][0, -1]
+        alone = model.run_with_cache(_query(p))[1][_post(layer)][0, -1]
+    return with_demos - alone
+
+
+TEST_FUNCTION_VECTOR.update({
+    tfv_batched_padding: "right on every prompt alone",
+    tfv_whole_answer: "with the WHOLE answer",
+})
+FIND_MINIMAL_HEADS.update({
+    fmh_sorted_by_layer: "sorted by (layer, head)",
+    fmh_dict: "returned a dict",
+})
+EXTRACT_FUNCTION_VECTOR.update({
+    efv_last_prompt_only: "only the LAST prompt",
+})

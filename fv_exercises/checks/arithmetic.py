@@ -121,6 +121,12 @@ def _afv_variants(model, prompts: list[str], heads: list[Head]) -> Iterator[tupl
     yield ("you added the output of EVERY head of each listed layer (the whole attention output, "
            "`hook_attn_out`); use only the listed heads: `z[-1, head] @ W_O[layer, head]`.",
            _afv_from_z(model, z, heads, n, every_head=True))
+    one_per_layer = list(dict(heads).items())
+    if len(one_per_layer) < len(heads):
+        yield ("you kept ONE head per layer: `dict(heads)` (or `{layer: head ...}`) maps each "
+               "layer to a single head, so a layer listed twice keeps only its last head. Loop "
+               "over the list of `(layer, head)` pairs itself.",
+               _afv_from_z(model, z, one_per_layer, n))
     if _has_b_O(model):
         yield ("you added the attention output bias `b_O` to each head's output. The bias is added "
                "once per layer, not per head: a head's output is `z[-1, head] @ W_O[layer, head]` "
@@ -287,12 +293,30 @@ def _dv_variants(model, vector: Tensor, k: int) -> Iterator[tuple[str, list[str]
            "'Ġ'); decode each id on its own with `model.tokenizer.decode([token_id])` (or "
            "`model.to_single_str_token(token_id)`).",
            model.tokenizer.convert_ids_to_tokens(ids))
-    yield ("you stripped the tokens' whitespace: keep them as decoded (' cold' and 'cold' are "
-           "different tokens).", [s.strip() for s in _strings(model, ids)])
+    split, stripped = _decoded_together(model, ids), [s.strip() for s in _strings(model, ids)]
+    if split == stripped:  # every token one word with its space: the two look alike here
+        yield _EITHER, split
+    else:
+        yield _SPLIT, split
+        yield _STRIPPED, stripped
 
 
-def _as_strings(result, name: str, k: int) -> list[str]:
-    """The learner's result as a list of ``k`` strings, or a failure that says what is off."""
+_STRIPPED = ("you stripped the tokens' whitespace: keep them as decoded (' cold' and 'cold' are "
+             "different tokens).")
+_EITHER = "SPLIT-OR-STRIPPED"  # resolved by :func:`_split_or_stripped` on the later cases
+_SPLIT = ("you decoded the k ids TOGETHER and split the text (`decode(ids).split()`): that loses "
+          "each token's leading space and merges tokens that have none into the word before "
+          "them. Decode each id on its own: `[model.tokenizer.decode([i]) for i in top_ids]`.")
+
+
+def _decoded_together(model, ids) -> list[str]:
+    """What ``model.tokenizer.decode(ids).split()`` gives: the k tokens as one text, split."""
+    return model.tokenizer.decode([int(i) for i in ids]).split()
+
+
+def _as_strings(result, name: str, k: int, split: list[str] | None = None) -> list[str]:
+    """The learner's result as a list of ``k`` strings, or a failure that says what is off
+    (``split``: what decoding the reference's ids together and splitting gives)."""
     if result is None:
         raise CheckFailure(f"`{name}` returned None; it should return a list of {k} token "
                            "strings. Did you forget a `return`?")
@@ -314,6 +338,9 @@ def _as_strings(result, name: str, k: int) -> list[str]:
         kinds = sorted({type(s).__name__ for s in items if not isinstance(s, str)})
         raise CheckFailure(f"`{name}` should return a list of strings; it holds {', '.join(kinds)} "
                            "(token ids?). Decode each id: `model.tokenizer.decode([i])`.")
+    if len(items) != k and split is not None and items == split:
+        raise CheckFailure(f"`{name}` returned {len(items)} strings for k = {k}: {items}.\nYour "
+                           f"output matches a common mistake: {_SPLIT}")
     if len(items) != k:
         hint = (" A single token: `argmax` gives the top one only; use `topk(k)`." if len(items) == 1
                 else " Is the result cut short (or `k` ignored)?")
@@ -334,12 +361,38 @@ def _equivalent(got: list[str], model, logits: Tensor, k: int, tol: float) -> bo
                for i, s in enumerate(got))
 
 
+def _split_or_stripped(fn: Callable, name: str, model, later: Sequence[tuple]) -> str:
+    """Which of two mistakes that look alike on one case (every token a word with its leading
+    space) the learner made, told apart on the ``later`` cases; both if none tells them apart."""
+    for task, seed, fraction, k in later:
+        vector = _dv_vector(model, task, seed, fraction)
+        ids = _logits(model, vector).topk(k).indices
+        split = _decoded_together(model, ids)
+        stripped = [s.strip() for s in _strings(model, ids)]
+        if split == stripped:
+            continue
+        try:
+            got = _as_strings(call_learner(fn, name, model, vector.clone(), k), name, k, split=split)
+        except CheckFailure as exc:
+            if _SPLIT in str(exc):
+                return _SPLIT
+            continue
+        if got == split:
+            return _SPLIT
+        if got == stripped:
+            return _STRIPPED
+    return f"{_SPLIT} (Or you stripped each token's whitespace: that gives the same here.)"
+
+
 def _dv_explain(name: str, got: list[str], expected: list[str], model, vector: Tensor, k: int,
-                context: str, unexplained: str | None) -> str:
+                context: str, unexplained: str | None,
+                resolve: Callable[[], str] | None = None) -> str:
     head = (f"`{name}` gives the wrong tokens ({context}):\n  yours:     {got}\n"
             f"  reference: {expected}")
     for description, wrong in _dv_variants(model, vector, k):
         if list(wrong) == got:
+            if description == _EITHER:
+                description = resolve() if resolve else _split_or_stripped(None, name, model, ())
             return f"{head}\nYour output matches a common mistake: {description}"
     if sorted(got) == sorted(expected):
         return (f"{head}\nSame tokens in a different order: list them by decreasing logit, most "
@@ -360,13 +413,15 @@ def check_decode_vector(fn: Callable, model, hidden: bool = False) -> None:
     name = "decode_vector"
     first: str | None = None
     with quiet(model):
-        for i, (task, seed, fraction, k) in enumerate(_DV_HIDDEN if hidden else _DV_CASES):
+        cases = _DV_HIDDEN if hidden else _DV_CASES
+        for i, (task, seed, fraction, k) in enumerate(cases):
             vector = _dv_vector(model, task, seed, fraction)
             logits = _logits(model, vector)
             expected = _strings(model, logits.topk(k).indices)
             tol = 1e-4 * (1 + logits.abs().max().item())
             vector_in = vector.clone()
-            got = _as_strings(call_learner(fn, name, model, vector_in, k), name, k)
+            got = _as_strings(call_learner(fn, name, model, vector_in, k), name, k,
+                              split=_decoded_together(model, logits.topk(k).indices))
             if not torch.equal(vector_in, vector):
                 raise CheckFailure(f"`{name}` changed the vector it was given in place (e.g. "
                                    "`vector /= ...` or `vector.mul_(...)`); the caller's vector "
@@ -374,9 +429,11 @@ def check_decode_vector(fn: Callable, model, hidden: bool = False) -> None:
             context = ("a random direction" if task == "random"
                        else f"final-position resid_post of one {task} prompt") + f", k = {k}"
             if not _equivalent(got, model, logits, k, tol):
+                later = cases[i + 1:]
                 raise CheckFailure(_dv_explain(
                     name, got, expected, model, vector, k, context,
-                    stale_state_message(name, first, context) if first else None))
+                    stale_state_message(name, first, context) if first else None,
+                    resolve=lambda: _split_or_stripped(fn, name, model, later)))
             if i == 0 and not hidden:
                 again = _as_strings(call_learner(fn, name, model, vector.clone(), k), name, k)
                 if again != got:

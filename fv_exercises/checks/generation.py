@@ -3,7 +3,8 @@
 The intervention graded (see :mod:`fv_exercises.generation`): greedy decoding with ``fv`` added
 to ``blocks.{layer}.hook_resid_post`` at the prompt's final position and at every generated
 position, each once, when that position is computed (what a KV cache does). The text returned
-is the generated part only: no prompt, no EOS token.
+is the generated part only, ``model.tokenizer.decode(new_tokens)`` as it is (no prompt, no EOS
+token, nothing stripped).
 
 Results are compared as text. Greedy decoding is exact, but a different (correct) order of float
 operations could flip a near-tie between the two most likely tokens; the cases are chosen with a
@@ -128,6 +129,10 @@ def _variants(model, prompt: str, fv: Tensor, layer: int, max_tokens: int,
     include = ("you returned the prompt as well; return only the generated text (decode the new "
                "tokens only).")
     yield include, prompt + expected
+    if expected.strip() != expected:
+        yield ("you stripped the whitespace around the text (`.strip()`): return "
+               "`model.tokenizer.decode(new_tokens)` as it is: the space the model writes first "
+               f"is part of its output ({expected[:12]!r}...).", expected.strip())
     if eos_text:
         yield (f"your text ends with the EOS token {eos_text!r}. Generation stops when the model "
                "produces EOS, and EOS is not part of the text: stop before appending it.",
@@ -204,8 +209,9 @@ def _as_text(result, name: str) -> str:
 
 
 def _same(got: str, expected: str) -> bool:
-    """Equal, up to surrounding whitespace."""
-    return got == expected or got.strip() == expected.strip()
+    """Equal, character for character: the text is ``model.tokenizer.decode(new_tokens)``, and
+    its leading space is part of it (``" old"``, not ``"old"``)."""
+    return got == expected
 
 
 def _reference_text(model, case: GenCase) -> str:

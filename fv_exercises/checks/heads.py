@@ -33,10 +33,11 @@ from fv_exercises.heads import head_effects, mean_head_z
 # other prompts and layers: a result kept from the first call shows.
 _CASES = (Case("antonym", seed=0, layer_fraction=0.7, n_prompts=2, n_shots=2),
           Case("capitalize", seed=1, layer_fraction=0.55, n_prompts=2, n_shots=2))
-# One hidden case (other task, prompt and layers) with one prompt: enough to catch an answer
-# fitted to the visible ones; a learner's scan is the check's largest cost (a forward pass per
-# head and prompt), and the visible cases already test prompts of different lengths.
-_HIDDEN = (Case("present_past", seed=4, layer_fraction=0.5, n_prompts=1, n_shots=2),)
+# One hidden case (other task, prompts and layers): enough to catch an answer fitted to the
+# visible ones. A learner's scan is the check's largest cost (a forward pass per head and prompt),
+# so it has two short prompts (2 and 1 demonstrations): of different token lengths, so a padded
+# batch shows, and two, so a baseline computed once and reused for every prompt shows.
+_HIDDEN = (Case("present_past", seed=4, layer_fraction=0.5, n_prompts=2, n_shots=2),)
 
 
 def _layers(model, case: Case) -> list[int]:
@@ -115,6 +116,13 @@ def _mistake_effects(model, mean_z: Tensor, prompts: list[str], answers: list[st
     }
     for description, options in scoring.items():
         yield description, _effects(patched, base, heads, ids, **options)
+    if len(prompts) > 1:
+        p_first = _score(base, ids, "prob")[0, 0]  # the first prompt's unpatched P(its answer)
+        gains = _score(patched, ids, "prob") - p_first
+        yield ("every prompt's gain was measured against ONE baseline, the first prompt's "
+               "unpatched probability, computed once and reused. Each prompt has its own "
+               "baseline: P(its answer) on that prompt without the patch (`p_corrupted[i]`).",
+               dict(zip(heads, gains.mean(1).tolist())))
     for description, wrong_ids in answer_id_variants(model, answers).items():
         yield description, _effects(patched, base, heads, wrong_ids)
     for where, description in (("first", "you patched z at the FIRST position; patch the final "

@@ -39,9 +39,11 @@ from fv_exercises.evaluation import (answer_token_ids, layer_sweep, resid_post_n
 # profiles differ from every known mistake's (tests/test_checks_02.py).
 _FTL_CASES = (Case("lowercase", seed=3, layer_fraction=0.0, n_prompts=4),
               Case("first_letter", seed=0, layer_fraction=0.0, n_prompts=4))
-# One hidden case (another task): enough to catch an answer fitted to the visible cases; each
-# learner call is a sweep of every layer, the check's largest cost.
-_FTL_HIDDEN = (Case("country_capital", seed=10, layer_fraction=0.0, n_prompts=4),)
+# One hidden case (other prompts): enough to catch an answer fitted to the visible cases; each
+# learner call is a sweep of every layer, the check's largest cost. Its probes differ in token
+# length and, like the visible cases', its per-layer profile differs from every known mistake's
+# (h added at `hook_resid_pre` of the same layer included; tests/test_checks_02.py).
+_FTL_HIDDEN = (Case("first_letter", seed=2, layer_fraction=0.0, n_prompts=4),)
 _ATOL = 1e-6
 
 

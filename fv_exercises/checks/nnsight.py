@@ -16,6 +16,7 @@ vector in the wrong forward passes. The shared machinery is in :mod:`fv_exercise
 from __future__ import annotations
 
 import weakref
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
@@ -190,12 +191,12 @@ def _tokens(model, prompt: str, bos: bool | None = None) -> Tensor:
 
 def _tl_add_state(model, icl: str, zero: str, read: str, write: str, read_pos: int = -1,
                   every_position: bool = False, scale: float = 1.0, icl_bos: bool | None = None,
-                  from_zero: bool = False) -> Tensor:
+                  from_zero: bool = False, replace: bool = False) -> Tensor:
     """TransformerLens: logits of ``zero`` with a state read at hook ``read`` added at ``write``
     (notebook 01's variant, with this notebook's tokenization and BOS choices)."""
     source = _tokens(model, zero) if from_zero else _tokens(model, icl, icl_bos)
     return add_state_variant(model, source, _tokens(model, zero), read, write, read_pos,
-                             every_position, scale)
+                             every_position, scale, replace=replace)
 
 
 def _tv_variants(model, icl: str, zero: str, layer: int) -> Iterator[tuple[str, Tensor]]:
@@ -211,6 +212,9 @@ def _tv_variants(model, icl: str, zero: str, layer: int) -> Iterator[tuple[str, 
            "only: `layers[layer].output[:, -1] += h`.",
            _tl_add_state(model, icl, zero, post, post, every_position=True))
     yield "h was added twice (or doubled).", _tl_add_state(model, icl, zero, post, post, scale=2.0)
+    yield ("you REPLACED the zero-shot prompt's final state with h (`output[:, -1] = h`); ADD it "
+           "to the state that is there: `layers[layer].output[:, -1] += h`.",
+           _tl_add_state(model, icl, zero, post, post, replace=True))
     yield ("you added the zero-shot prompt's OWN final state (read in the run you edit), not the "
            "ICL prompt's: read `h` in a trace of `icl_prompt`, then add it in a trace of "
            "`zero_shot_prompt`.", _tl_add_state(model, icl, zero, post, post, from_zero=True))
@@ -289,15 +293,63 @@ _GEN_HIDDEN = ((Case("present_past", seed=5, layer_fraction=0.6), 6),
                (Case("singular_plural", seed=1, layer_fraction=0.6), 8))
 
 
+@dataclass(frozen=True)
+class ChatCase(Case):
+    """A chat question the model answers in a word or two, then writes the end-of-sequence token
+    well before ``n_tokens``: generation must go on past it (``eos_token_id=None``), and a version
+    that forces ``n_tokens`` with ``min_new_tokens`` (Hugging Face then bans that token) writes
+    something else there. The vector is the case's task vector times ``scale``."""
+
+    question: str = ""
+    scale: float = 1.0
+
+    @property
+    def prompt(self) -> str:
+        return _CHAT.format(self.question)
+
+
+_CHAT = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
+# Checked after the cases above (visible, hidden): the reference writes the end-of-sequence token
+# at new token 2 (visible: "Yes.") or 4 (hidden) and goes on; the top two logits are at least
+# 0.25 apart at every step, so the nnsight and TransformerLens copies agree token for token.
+_GEN_EOS = ((ChatCase("antonym", seed=5, layer_fraction=0.5,
+                      question="Reply with one word: yes or no?", scale=0.25), 5),)
+_GEN_EOS_HIDDEN = ((ChatCase("present_past", seed=5, layer_fraction=0.6,
+                             question="Is water wet? Answer yes or no.", scale=0.25), 6),)
+
+
 def _gen_inputs(model, case: Case) -> tuple[str, Tensor, int]:
-    """A zero-shot prompt, and the task vector of one ICL prompt (its final state minus the
-    zero-shot prompt's, at the case's layer), read with TransformerLens."""
+    """A zero-shot prompt (a :class:`ChatCase`: its chat prompt), and the task vector of one ICL
+    prompt (its final state minus the zero-shot prompt's, at the case's layer; a ChatCase's times
+    its scale), read with TransformerLens."""
     ds = case.dataset()
     layer = case.layer(model)
     post = _post(layer)
     states = [model.run_with_cache(p, names_filter=lambda n: n == post)[1][post][0, -1]
               for p in (ds.prompts[0], ds.zero_shot_prompts[0])]
+    if isinstance(case, ChatCase):
+        return case.prompt, (states[0] - states[1]) * case.scale, layer
     return ds.zero_shot_prompts[0], states[0] - states[1], layer
+
+
+def _tl_generate_banning(model, prompt: str, vector: Tensor, layer: int, n_tokens: int,
+                         banned: int) -> Tensor:
+    """The reference's KV-cached greedy generation with token ``banned`` never picked (what
+    ``min_new_tokens=n_tokens`` makes Hugging Face do with the end-of-sequence token)."""
+    def add(resid: Tensor, hook=None) -> Tensor:
+        resid = resid.clone()
+        resid[:, -1] += vector
+        return resid
+
+    step, cache, new = model.to_tokens(prompt), None, []
+    for _ in range(n_tokens):
+        logits, cache = model.run_with_hooks(step, fwd_hooks=[(_post(layer), add)],
+                                             past_key_values=cache, return_type="logits_and_cache")
+        last = logits[0, -1].clone()
+        last[banned] = -float("inf")
+        new.append(int(last.argmax()))
+        step = torch.tensor([[new[-1]]])
+    return torch.tensor(new)
 
 
 def _tl_generate_steps(model, prompt: str, vector: Tensor, layer: int, n_tokens: int,
@@ -350,13 +402,34 @@ def _gen_variants(model, prompt: str, vector: Tensor, layer: int, n: int) -> Ite
                    tl_generate_with_vector(model, prompt, vector, other, n))
 
 
+def _index(tokens: Tensor, token: int | None) -> int | None:
+    hits = (tokens == token).nonzero() if token is not None else []
+    return int(hits[0]) if len(hits) else None
+
+
+def _eos_variants(model, prompt: str, vector: Tensor, layer: int, n: int,
+                  eos: int | None) -> Iterator[tuple[str, Tensor]]:
+    """Known mistakes on a case whose reference writes the end-of-sequence token and goes on."""
+    if eos is not None:
+        yield ("the end-of-sequence token was never generated where the model writes it: "
+               "`min_new_tokens=n_tokens` (or `min_length`) makes Hugging Face BAN that token "
+               "until n_tokens are written, which changes the text. To get exactly n_tokens "
+               "without stopping early, pass `eos_token_id=None` instead (the model may then "
+               "write the end-of-sequence token and go on).",
+               _tl_generate_banning(model, prompt, vector, layer, n, eos))
+    yield from _gen_variants(model, prompt, vector, layer, n)
+
+
 def _as_ids(result, name: str, n: int, prompt_len: int, eos: int | None, tokenizer) -> Tensor:
     """``result`` as a LongTensor ``[n]`` of token ids, or a failure that says what is off."""
     if result is None:
         raise CheckFailure(f"`{name}` returned None; it should return the {n} new token ids. "
                            "Did you forget a `return`?")
     if isinstance(result, (list, tuple)) and all(isinstance(x, int) for x in result):
-        result = torch.tensor(result, dtype=torch.long)
+        raise CheckFailure(f"`{name}` returned a Python {type(result).__name__} of {len(result)} "
+                           "token ids; return a LongTensor of shape `[n_tokens]` (e.g. "
+                           "`ids[0, -n_tokens:]`, without `.tolist()`): the next cells use tensor "
+                           "methods on it (`steered.tolist()`, `steered[:upto]`).")
     if not isinstance(result, Tensor):
         raise CheckFailure(f"`{name}` should return a tensor of token ids, got {type(result).__name__}.")
     if result.is_floating_point():
@@ -406,29 +479,37 @@ def check_nnsight_generate_with_vector(fn: Callable, model, nn_model, hidden: bo
     The reference is TransformerLens's key/value-cached greedy generation on ``model`` with a hook
     adding ``vector`` at the last position of ``blocks.{layer}.hook_resid_post`` in every forward
     pass (:func:`fv_exercises.nnsight_model.tl_generate_with_vector`). Two cases with different
-    ``n_tokens``; the first is called twice (sampling or state kept between calls shows).
+    ``n_tokens``; the first is called twice (sampling or state kept between calls shows); then a
+    chat prompt whose reply ends with the end-of-sequence token before ``n_tokens`` (generation
+    must go on past it, not ban it).
     """
     name = "nnsight_generate_with_vector"
     cases = _GEN_HIDDEN if hidden else _GEN_CASES
+    eos_cases = _GEN_EOS_HIDDEN if hidden else _GEN_EOS
     tokenizer = nn_model.tokenizer
     eos = getattr(tokenizer, "eos_token_id", None)
     with quiet(), matching_bos(model, nn_model):
         first: str | None = None
-        for i, (case, n) in enumerate(cases):
+        for i, (case, n) in enumerate(cases + eos_cases):
             guard_model(model)
             prompt, vector, layer = _cached(model, ("gen inputs", case), lambda: _gen_inputs(model, case))
             expected = _cached(model, ("gen", case, n), lambda: tl_generate_with_vector(
                 model, prompt, vector, layer, n).long().cpu())
             prompt_len = int(model.to_tokens(prompt).shape[1])
             context = f"task {case.task}, layer {layer}, {n} tokens"
+            if isinstance(case, ChatCase):
+                context = (f"the chat prompt {case.question!r}, whose reply ends with the "
+                           f"end-of-sequence token at new token {_index(expected, eos)}; {context}")
+                variants = lambda: _eos_variants(model, prompt, vector, layer, n, eos)  # noqa: E731
+            else:
+                variants = lambda: _gen_variants(model, prompt, vector, layer, n)  # noqa: E731
 
             def run() -> Tensor:
                 out = call_nnsight_learner(fn, name, nn_model, prompt, vector.clone(), layer, n)
                 return _as_ids(out, name, n, prompt_len, eos, tokenizer)
 
             got = run()
-            _compare_ids(got, expected, lambda: _gen_variants(model, prompt, vector, layer, n), name,
-                         context, tokenizer,
+            _compare_ids(got, expected, variants, name, context, tokenizer,
                          unexplained=stale_state_message(name, first, context) if first else None)
             if i == 0:
                 again = run()
@@ -438,7 +519,9 @@ def check_nnsight_generate_with_vector(fn: Callable, model, nn_model, hidden: bo
                         f"({tokenizer.decode(got)!r}, then {tokenizer.decode(again)!r}). Sampling? "
                         "Pass `do_sample=False` (greedy). Or something leaks between calls.")
                 first = context
+                shown = got
     if not hidden:
         print(f"nnsight_generate_with_vector matches TransformerLens's cached generation "
               f"(tasks {cases[0][0].task} and {cases[1][0].task}, {cases[0][1]} and {cases[1][1]} "
-              f"tokens: {tokenizer.decode(got)!r}).")
+              f"tokens: {tokenizer.decode(shown)!r}; and a chat reply that goes on past the "
+              "end-of-sequence token).")

@@ -109,6 +109,15 @@ def _sv_variants(model, syc: list[str], honest: list[str], layer: int) -> Iterat
            "sum by the length of its own list (or use `.mean(0)`).", (a.sum(0) - b.sum(0)) / len(syc))
     yield (f"you divided both sums by the number of honest prompts ({len(honest)}); divide each "
            "sum by the length of its own list (or use `.mean(0)`).", (a.sum(0) - b.sum(0)) / len(honest))
+    m = min(len(syc), len(honest))
+    if len(syc) != len(honest):
+        yield (f"you paired the lists with `zip` ({len(syc)} sycophantic vs {len(honest)} honest "
+               "prompts): `zip` stops at the shorter list, so the longer one lost its last "
+               f"{abs(len(syc) - len(honest))}. The lists need not have the same length: take the "
+               "mean of each list on its own, then subtract.", a[:m].mean(0) - b[:m].mean(0))
+    yield ("only the LAST prompt of each list counts: the state is overwritten in your loop "
+           "(`h = ...`) instead of collected (`states.append(...)`), so your 'mean' is one "
+           "prompt's state. Collect every prompt's state, then take the mean.", a[-1] - b[-1])
     yield (padding_message("sycophancy_vector", token_lengths(model, syc + honest)),
            _padded_states(model, syc, post).mean(0) - _padded_states(model, honest, post).mean(0))
     yield ("you took the FIRST position of each prompt (index 0, the chat template's "
@@ -193,7 +202,9 @@ class SteerCase:
         return build_prompts(model, [claims[i] for i in self.claims], self.kind)  # type: ignore[arg-type]
 
 
-_SA_CASES = (SteerCase((5, 133, 236), "assert", 0.6, 1.5, 0),
+# The prompts of each case start steering at different positions (`steer_from` 41, 41, 45 in the
+# first): hooks that all read the last prompt's value (a late-binding closure) show in every case.
+_SA_CASES = (SteerCase((5, 133, 80), "assert", 0.6, 1.5, 0),
              SteerCase((61, 150), "neutral", 0.4, -2.0, 1))
 _SA_HIDDEN = (SteerCase((30, 170, 301), "assert", 0.5, 2.5, 2),
               SteerCase((88, 222), "assert", 0.7, -1.5, 3))
@@ -212,6 +223,8 @@ def _share(logits_row: Tensor, false_id: int, true_id: int, out: str = "share") 
     pf, pt = probs[false_id], probs[true_id]
     if out == "unnormalised":
         return pf
+    if out == "hard":
+        return (pf > pt).double()
     if out == "true":
         return pt / (pf + pt)
     return pf / (pf + pt)
@@ -219,12 +232,13 @@ def _share(logits_row: Tensor, false_id: int, true_id: int, out: str = "share") 
 
 def _steered(model, prompts: ChoicePrompts, vector: Tensor, hook_name: str,
              positions: str = "after", offset: int = 0, flip_bos: bool = False,
-             out: str = "share") -> Tensor:
+             out: str = "share", last_start: bool = False) -> Tensor:
     """A variant of the steering experiment, one prompt at a time: ``vector`` added at
-    ``hook_name`` at ``positions`` ("after": from ``steer_from + offset`` on; "last"; "all")."""
+    ``hook_name`` at ``positions`` ("after": from ``steer_from + offset`` on; "last"; "all").
+    ``last_start``: every prompt steered from the LAST prompt's ``steer_from``."""
     shares = []
-    for text, start, f, t in zip(prompts.texts, prompts.steer_from, prompts.false_ids,
-                                 prompts.true_ids):
+    starts = [prompts.steer_from[-1]] * len(prompts) if last_start else prompts.steer_from
+    for text, start, f, t in zip(prompts.texts, starts, prompts.false_ids, prompts.true_ids):
         tokens = _tokens(model, text, flip_bos)
 
         def hook(resid: Tensor, hook=None, start: int = start) -> Tensor:
@@ -300,6 +314,15 @@ def _sa_variants(model, prompts: ChoicePrompts, vector: Tensor, layer: int,
            "P(false) / (P(false) + P(true)).", _steered(model, prompts, v, post, out="unnormalised"))
     yield ("you returned the TRUE answer's share; the exercise asks for the false answer's "
            "(the one the user claims).", _steered(model, prompts, v, post, out="true"))
+    yield ("you returned 1 or 0 (whether the false answer is the more likely of the two); return "
+           "its share, P(false) / (P(false) + P(true)), a number between 0 and 1.",
+           _steered(model, prompts, v, post, out="hard"))
+    if len(set(prompts.steer_from)) > 1:
+        yield ("every prompt was steered from the LAST prompt's `steer_from`: your hooks read "
+               "`start` (a loop variable) when they run, after the loop has moved on (Python "
+               "closures look variables up late). Run each prompt as you build its hook, or bind "
+               "the value when you define it: `def hook(resid, hook, start=start): ...`.",
+               _steered(model, prompts, v, post, last_start=True))
     lengths = token_lengths(model, prompts.texts)
     yield padding_message("steered_agreement", lengths), _steered_padded(model, prompts, v, post)
     yield ("you normalised the vector to unit length before multiplying; add "
@@ -344,9 +367,9 @@ def _sa_call(fn: Callable, name: str, model, prompts: ChoicePrompts, vector: Ten
 def check_steered_agreement(fn: Callable, model, hidden: bool = False) -> None:
     """Check ``steered_agreement(model, prompts, vector, layer, multiplier) -> [n]``.
 
-    The first case (3 assertion prompts of different token lengths, a positive multiplier) is
-    compared and, in the visible run, called twice; the second has other prompts, a negative
-    multiplier and another layer (state kept between calls shows).
+    The first case (3 assertion prompts of different token lengths and steering starts, a positive
+    multiplier) is compared and, in the visible run, called twice; the second has other prompts, a
+    negative multiplier and another layer (state kept between calls shows).
     """
     name = "steered_agreement"
     cases = _SA_HIDDEN if hidden else _SA_CASES

@@ -6,6 +6,7 @@ Shared machinery (calling the learner safely, comparing, naming mistakes) is in
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
@@ -13,6 +14,7 @@ from torch import Tensor
 
 from fv_exercises.checks.core import (
     Case,
+    CheckFailure,
     as_tensor,
     cached_per_model,
     call_learner,
@@ -37,15 +39,18 @@ _FTV_HIDDEN = (Case("present_past", seed=3, layer_fraction=0.4), Case("country_c
 
 def add_state_variant(model, icl_prompt: str | Tensor, zero_prompt: str | Tensor, read: str,
                       write: str, read_pos: int = -1, every_position: bool = False,
-                      scale: float = 1.0) -> Tensor:
+                      scale: float = 1.0, replace: bool = False) -> Tensor:
     """Logits of ``zero_prompt`` with the ICL state at hook ``read`` added at hook ``write``
-    (prompts as text or as ``[1, seq]`` tokens; a variant of the recipe for naming mistakes)."""
+    (prompts as text or as ``[1, seq]`` tokens; a variant of the recipe for naming mistakes).
+    ``replace``: the final state is replaced by it instead."""
     _, cache = model.run_with_cache(icl_prompt, names_filter=lambda n: n == read)
     h = cache[read][:, read_pos] * scale
 
     def hook(resid: Tensor, hook=None) -> Tensor:
         resid = resid.clone()
-        if every_position:
+        if replace:
+            resid[:, -1] = h
+        elif every_position:
             resid += h[:, None]
         else:
             resid[:, -1] += h
@@ -77,6 +82,22 @@ def _ftv_variants(model, icl: str, zero: str, layer: int) -> Iterator[tuple[str,
                    "(off by one?).", add_state_variant(model, icl, zero, _post(layer), _post(other)))
 
 
+def logits_tensor(result, name: str, shape: tuple[int, ...]) -> Tensor:
+    """``result`` as float32 logits of ``shape`` (``[1, seq, d_vocab]``); a result one position
+    longer or shorter than the zero-shot prompt is named as the BOS token it almost always is."""
+    if (isinstance(result, Tensor) and result.dim() == 3 and result.shape[0] == 1
+            and result.shape[2] == shape[2] and abs(result.shape[1] - shape[1]) == 1):
+        longer = result.shape[1] > shape[1]
+        raise CheckFailure(
+            f"`{name}` returned logits for {result.shape[1]} positions; the zero-shot prompt has "
+            f"{shape[1]} tokens. One position {'longer' if longer else 'shorter'}: "
+            f"{'a BOS token was prepended' if longer else 'the BOS token the model uses is missing'}"
+            "? The course tokenizes as the model's own setting says "
+            "(`model.cfg.default_prepend_bos`): pass the prompt strings to the model as they are, "
+            "or use `model.to_tokens(prompt)` without `prepend_bos=`.")
+    return as_tensor(result, name, shape, "logits [1, seq_len, d_vocab]")
+
+
 def _ftv_inputs(model, case: Case) -> tuple[str, str, int]:
     ds = case.dataset()
     return ds.prompts[0], ds.zero_shot_prompts[0], case.layer(model)
@@ -98,8 +119,7 @@ def check_find_task_vector(fn: Callable, model, hidden: bool = False) -> None:
             icl, zero, layer = _ftv_inputs(model, case)
             expected = reference(model, icl, zero, layer).float()
             shape = tuple(expected.shape)
-            got = as_tensor(call_learner(fn, name, model, icl, zero, layer), name, shape,
-                            "logits [1, seq_len, d_vocab]")
+            got = logits_tensor(call_learner(fn, name, model, icl, zero, layer), name, shape)
             context = f"task {case.task}, layer {layer}"
             stale = stale_state_message(name, first[1], context) if first else None
             compare(got, expected, lambda: _ftv_variants(model, icl, zero, layer), name, "logits",
@@ -118,12 +138,36 @@ def check_find_task_vector(fn: Callable, model, hidden: bool = False) -> None:
 # mean_task_vector
 # --------------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class ListsCase(Case):
+    """A case whose two lists differ in length: the first ``n_icl`` few-shot prompts against the
+    first ``n_zero`` zero-shot prompts (0: all ``n_prompts``), so a mean over
+    ``zip(icl, zero_shot)`` (which stops at the shorter list) or a division by one list's length
+    shows."""
+
+    n_icl: int = 0
+    n_zero: int = 0
+
+
+def case_lists(case: Case) -> tuple[list[str], list[str]]:
+    """``(icl_prompts, zero_shot_prompts)`` of a case (prompts of different token lengths)."""
+    ps = case.mixed()
+    icl, zero = list(ps.prompts), list(ps.zero_shot_prompts)
+    if isinstance(case, ListsCase):
+        icl, zero = icl[:case.n_icl or None], zero[:case.n_zero or None]
+    return icl, zero
+
+
 # Prompts of different token lengths (2, 1 and 3 demonstrations; zero-shot queries of 6-9
 # tokens), so a batched version that reads [:, -1] of right-padded rows fails visibly.
 _MTV_CASES = (Case("lowercase", seed=3, layer_fraction=0.65, n_prompts=4, n_shots=2),
               Case("country_capital", seed=2, layer_fraction=0.5, n_prompts=3, n_shots=2))
-_MTV_HIDDEN = (Case("country_capital", seed=7, layer_fraction=0.3, n_prompts=3),
-               Case("lowercase", seed=5, layer_fraction=0.8, n_prompts=5))
+# The hidden run calls each case once, so its cases carry what the visible run's extra calls
+# test: lists of different lengths (3 few-shot vs 2 zero-shot prompts, then 2 vs 4), prompts of
+# different token lengths (2, 1 and 3 demonstrations) in both. Few, short prompts: grading time.
+_MTV_HIDDEN = (ListsCase("country_capital", seed=7, layer_fraction=0.3, n_prompts=3, n_shots=2,
+                         n_zero=2),
+               ListsCase("lowercase", seed=5, layer_fraction=0.8, n_prompts=4, n_shots=2, n_icl=2))
 
 
 def reference_mean_task_vector(model, icl: list[str], zero: list[str], layer: int) -> Tensor:
@@ -181,6 +225,19 @@ def _mtv_variants(model, icl: list[str], zero: list[str], layer: int,
     n = len(icl)
     yield (f"you divided both sums by the number of ICL prompts ({n}); divide each sum by the "
            "length of its own list (or use `.mean(0)`).", (a.sum(0) - b.sum(0)) / n)
+    m = min(len(icl), len(zero))
+    if len(icl) != len(zero):
+        left = abs(len(icl) - len(zero))
+        longer = "ICL" if len(icl) > len(zero) else "zero-shot"
+        yield (f"you paired the lists with `zip` ({len(icl)} ICL vs {len(zero)} zero-shot "
+               f"prompts): `zip` stops at the shorter list, so the last {left} {longer} "
+               f"prompt{'s were' if left > 1 else ' was'} left out. The lists need not have the "
+               "same length: take the mean of each list on its own, then subtract.",
+               a[:m].mean(0) - b[:m].mean(0))
+    if max(len(icl), len(zero)) > 1:
+        yield ("only the LAST prompt of each list counts: the state is overwritten in your loop "
+               "(`h = ...`) instead of collected (`states.append(...)`), so your 'mean' is one "
+               "prompt's state. Collect every prompt's state, then take the mean.", a[-1] - b[-1])
     yield ("you took the FIRST position of each prompt; use the final position (-1).",
            mean_at(A[layer], 0) - mean_at(B[layer], 0))
     yield ("you averaged over all positions of each prompt; use the final position only.",
@@ -211,20 +268,22 @@ def check_mean_task_vector(fn: Callable, model, hidden: bool = False) -> None:
     Each case's prompts have different token lengths; in the visible run the first case is called
     twice with the same inputs (nothing may leak), then with 2 ICL prompts against all zero-shot
     prompts (a fixed count shows); the second case has other prompts and another layer (state
-    kept between calls shows). The hidden run calls each of its cases once (grading time).
+    kept between calls shows). The hidden run calls each of its cases once (grading time); their
+    lists differ in length (:class:`ListsCase`).
     """
     name = "mean_task_vector"
     cases = _MTV_HIDDEN if hidden else _MTV_CASES
     with quiet(model):
         first: tuple[Tensor, str] | None = None
         for i, case in enumerate(cases):
-            ps, layer = case.mixed(), case.layer(model)
-            icl, zero = ps.prompts, ps.zero_shot_prompts
+            (icl, zero), layer = case_lists(case), case.layer(model)
             expected = reference_mean_task_vector(model, icl, zero, layer)
             shape = tuple(expected.shape)
             got = as_tensor(call_learner(fn, name, model, icl, zero, layer), name, shape,
                             "task vector [d_model]")
-            context = f"task {case.task}, {len(icl)} prompts, layer {layer}"
+            context = (f"task {case.task}, {len(icl)} prompts, layer {layer}" if len(icl) == len(zero)
+                       else f"task {case.task}, {len(icl)} ICL vs {len(zero)} zero-shot prompts, "
+                       f"layer {layer}")
             compare(got, expected, lambda: _mtv_variants(model, icl, zero, layer), name,
                     "task vector", atol=1e-3, context=context,
                     scale_causes=lambda: _mtv_scale_causes(len(icl), expected),
