@@ -7,6 +7,9 @@ correct versions in ``wrong_NN.py``::
         check_sycophancy_vector, SYCOPHANCY_VECTOR_CORRECT)
 
 pytest collects them under those names, one test per version (its function name as the id).
+Each version is called the way the judge calls a learner's function while grading
+(:func:`fv_exercises.judge.through_the_wire`: arguments and result cross the wire), so a value
+the wire cannot carry fails here, not in a graded notebook.
 """
 
 from __future__ import annotations
@@ -17,27 +20,37 @@ from typing import Callable
 import pytest
 
 from fv_exercises.checks import CheckFailure
+from fv_exercises.judge import through_the_wire
+
+
+def _as_graded(check: Callable, fn: Callable, model) -> Callable:
+    """``fn`` as the judge would call it, under the notebook's name (``check_x`` checks ``x``)."""
+    return through_the_wire(fn, model, check.__name__.removeprefix("check_"))
 
 
 def mistakes_are_named(check: Callable, wrong: dict[Callable, str]) -> Callable:
     """A test per wrong version: ``check`` raises ``CheckFailure`` whose message contains its
-    text (tests/conftest.py then asserts that no hook was left on the shared model)."""
+    text (tests/conftest.py then asserts that no hook was left on the shared model).
+
+    The hidden run is not repeated here for every version (it doubles the suite's longest part);
+    each notebook's test module asserts it for the mistakes its hidden cases were made to catch.
+    """
 
     def mistake_is_named(model, wrong_version):
         with pytest.raises(CheckFailure, match=re.escape(wrong[wrong_version])):
-            check(wrong_version, model)
+            check(_as_graded(check, wrong_version, model), model)
 
     return pytest.mark.parametrize("wrong_version", list(wrong), ids=lambda f: f.__name__)(
         mistake_is_named)
 
 
-def correct_versions_pass(check: Callable, correct: list[Callable], hidden: bool = False) -> Callable:
-    """A test per correct version: ``check`` passes it (and, with ``hidden``, the hidden cases too)."""
+def correct_versions_pass(check: Callable, correct: list[Callable]) -> Callable:
+    """A test per correct version: ``check`` passes it, on the visible and the hidden cases."""
 
     def correct_version_passes(model, correct_version):
-        check(correct_version, model)
-        if hidden:
-            check(correct_version, model, hidden=True)
+        fn = _as_graded(check, correct_version, model)
+        check(fn, model)
+        check(fn, model, hidden=True)
 
     return pytest.mark.parametrize("correct_version", correct, ids=lambda f: f.__name__)(
         correct_version_passes)

@@ -1,13 +1,17 @@
-"""Dishonest and hostile submissions, graded in one batch beside an honest one.
+"""Dishonest and hostile submissions, graded in tests/test_autograder.py's first batch.
 
-Each attacker is a submission of notebook 01 (trimmed to the cells grading needs, as in
-tests/test_autograder.py) whose solution cells try to earn points without the work, or to harm
+Each attacker is a submission of notebook 01 (trimmed to the cells grading needs, as the other
+planted submissions are) whose solution cells try to earn points without the work, or to harm
 the grader: fake checks, the answer key, monkeypatching, reading or writing outside its sandbox,
-exhausting processes, memory or disk, a thread that outlives its cell, the network. For every
-row the test asserts the attacker's score per grade cell, that the honest student (graded after
-the attackers, in the same nbgrader run) keeps full marks, and that nothing outside the sandbox
-changed: the course folder (every file's bytes except what grading itself writes), the
-repository, a canary file in the grader's home, and a TCP server the attackers try to reach.
+exhausting processes, memory or disk, a thread that outlives its cell, the network. The batch's
+test asserts, for every attacker, its score per grade cell and what its graded notebook shows;
+that the honest student (``correct``, graded after the attackers in the same nbgrader run) keeps
+full marks; that nothing outside the sandbox changed (the course folder's files, except what
+grading itself writes, the repository's package, a canary file in the grader's home, a TCP server
+the attackers try to reach); and that no sandboxed process outlives grading.
+
+One batch for both modules' submissions: one nbgrader run, and one test, so that the two xdist
+workers never grade it twice.
 """
 
 from __future__ import annotations
@@ -20,17 +24,13 @@ import threading
 from pathlib import Path
 
 import nbformat
-import pytest
 
-from fv_exercises.autograding import (autograde, cell_scores, notebook_path, reference_submission,
-                                      scratch_course, submit)
+from fv_exercises.autograding import cell_scores, notebook_path
 from fv_exercises.course import ROOT
-from test_autograder import _grade_id, _trimmed  # the same trimmed submissions
-
-pytestmark = pytest.mark.notebook
 
 NAME = "01_task_vectors"
 FIND, MEAN = "test_find_task_vector", "test_mean_task_vector"
+HONEST = "correct"  # tests/test_autograder.py's correct submission, graded after every attacker
 
 # Wrong on purpose: adds nothing (the plain zero-shot logits) / returns zeros.
 WRONG = '''
@@ -164,17 +164,6 @@ os._exit(0)
 '''
 
 
-def _attack(nb, code: str):
-    """``nb`` with both solution cells replaced: the first by ``code``, the second emptied."""
-    nb = nbformat.from_dict(json.loads(json.dumps(nb)))
-    for cell in nb.cells:
-        if _grade_id(cell) == "find_task_vector":
-            cell.source = code
-        elif _grade_id(cell) == "mean_task_vector":
-            cell.source = "pass"
-    return nb
-
-
 def _fingerprint(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
     """``{relative path: sha256}`` of every file under ``folder`` (not under ``skip``)."""
     out = {}
@@ -215,16 +204,15 @@ class _Listener:
         self.sock.close()
 
 
-@pytest.fixture(scope="module")
-def attacked(tmp_path_factory, model):
-    """The batch graded; returns what the assertions need."""
-    root = tmp_path_factory.mktemp("attacks")
-    scratch_course(root, [NAME])
-    honest = _trimmed(reference_submission(root, NAME))
+def plant(root: Path) -> tuple[dict[str, str], dict]:
+    """The traps of the course ``root`` set (before grading), and each attacker's code.
+
+    Returns ``({student: code of its find_task_vector cell}, traps)``: the caller submits each
+    (its mean_task_vector cell emptied) and passes ``traps`` to :func:`collect` after grading."""
     home_canary = Path.home() / f".fv-canary-{os.getpid()}"
     home_canary.write_text("the grader's own file")
     writes = [str(root / "pwned.txt"), str(root / "gradebook.db"),
-              str(notebook_path(root, "submitted", "honest", NAME)),
+              str(notebook_path(root, "submitted", HONEST, NAME)),
               str(ROOT / "fv_exercises" / "pwned.py"), str(ROOT / "pwned.txt"),
               str(home_canary)]
     reads = [str(root / "solutions" / "**" / "*.ipynb"), str(ROOT / "solutions" / "**" / "*.ipynb"),
@@ -239,20 +227,29 @@ def attacked(tmp_path_factory, model):
                                              port=listener.port),
         "attack_exits": EXITS,
     }
-    for student, code in attackers.items():
-        submit(root, NAME, student, _attack(honest, code))
-    submit(root, NAME, "honest", honest)  # graded last: sorted after every "attack_*"
-    skip = ("autograded", "gradebook.db", ".nbgrader.log")  # what grading itself writes
-    before = (_fingerprint(root, skip), _fingerprint(ROOT / "fv_exercises"))
-    try:
-        outcomes = {o.student: o for o in autograde(root, NAME)}
-    finally:
-        listener.close()
-    after = (_fingerprint(root, skip), _fingerprint(ROOT / "fv_exercises"))
-    canary = home_canary.read_text()
-    home_canary.unlink()
-    return {"root": root, "outcomes": outcomes, "before": before, "after": after,
-            "canary": canary, "connections": listener.connections, "attackers": attackers}
+    return attackers, {"root": root, "home_canary": home_canary, "listener": listener}
+
+
+def arm(traps: dict) -> None:
+    """Fingerprint the grader's files: call when every submission is in place, before grading."""
+    traps["before"] = _fingerprints(traps["root"])
+
+
+#: What grading itself writes in the course folder (not an attacker's doing).
+_GRADING_WRITES = ("autograded", "gradebook.db", ".nbgrader.log", "feedback")
+
+
+def _fingerprints(root: Path) -> tuple[dict, dict]:
+    return _fingerprint(root, _GRADING_WRITES), _fingerprint(ROOT / "fv_exercises")
+
+
+def collect(traps: dict) -> None:
+    """Right after grading: stop the listener, fingerprint again, read and remove the canary."""
+    traps["listener"].close()
+    traps["after"] = _fingerprints(traps["root"])
+    traps["canary"] = traps["home_canary"].read_text()
+    traps["home_canary"].unlink()
+    traps["connections"] = traps["listener"].connections
 
 
 def _output_text(root: Path, student: str) -> str:
@@ -272,41 +269,38 @@ EXPECTED = {
 }
 
 
-def test_attacks_score_nothing_and_harm_nothing(attacked):
-    """One test for the one batch (another xdist worker would grade it again)."""
-    root, outcomes = attacked["root"], attacked["outcomes"]
-    failures = []
-    honest = cell_scores(root, NAME, "honest")
-    if not all(score == max_score > 0 for score, max_score in honest.values()):
-        failures.append(f"the honest student lost points: {honest}")
+def failures(attacked: dict, outcomes: dict) -> list[str]:
+    """Each attacker's score and graded notebook, the grader's files, canary and listener."""
+    root = attacked["root"]
+    found = []
     for student, (find, mean, texts) in EXPECTED.items():
         scores = cell_scores(root, NAME, student)
         got = (scores[FIND][0], scores[MEAN][0])
         if got != (find, mean):
-            failures.append(f"{student} scored {got}, expected {(find, mean)}: {outcomes[student]}")
+            found.append(f"{student} scored {got}, expected {(find, mean)}: {outcomes[student]}")
         shown = _output_text(root, student)
-        failures += [f"{student}: {t!r} not in its graded notebook" for t in texts if t not in shown]
+        found += [f"{student}: {t!r} not in its graded notebook" for t in texts if t not in shown]
         # (A write may succeed inside the sandbox's own in-memory /tmp, e.g. when the course
         # lives under /tmp; what counts is the grader's files, asserted below.)
         for leak in ("BEGIN HIDDEN TESTS", "BEGIN SOLUTION", "the grader's own file",
                      "EDITED the gradebook", "CONNECTED"):
             if leak in shown:
-                failures.append(f"{student}: its graded notebook shows {leak!r}")
+                found.append(f"{student}: its graded notebook shows {leak!r}")
     if attacked["before"] != attacked["after"]:
         b, a = attacked["before"], attacked["after"]
         changed = [k for i in (0, 1) for k in set(b[i]) | set(a[i]) if b[i].get(k) != a[i].get(k)]
-        failures.append(f"files outside the sandbox changed: {changed}")
+        found.append(f"files outside the sandbox changed: {changed}")
     if attacked["canary"] != "the grader's own file":
-        failures.append("the canary in the grader's home was overwritten")
+        found.append("the canary in the grader's home was overwritten")
     if attacked["connections"]:
-        failures.append(f"{attacked['connections']} connection(s) reached the grader's machine")
+        found.append(f"{attacked['connections']} connection(s) reached the grader's machine")
     for planted in (attacked["root"] / "pwned.txt", ROOT / "pwned.txt",
                     ROOT / "fv_exercises" / "pwned.py"):
         if planted.exists():
-            failures.append(f"a submission wrote {planted} on the grader's machine")
+            found.append(f"a submission wrote {planted} on the grader's machine")
     if Path("/tmp/pwned-by-a-submission").exists():
-        failures.append("a submission wrote /tmp/pwned-by-a-submission on the grader's machine")
-    assert not failures, "\n".join(failures)
+        found.append("a submission wrote /tmp/pwned-by-a-submission on the grader's machine")
+    return found
 
 
 def _cmdline(pid: str) -> str:
@@ -323,7 +317,7 @@ def _parent(pid: str) -> str:
         return "0"
 
 
-def test_no_sandbox_process_outlives_grading(attacked):
+def leftover_processes() -> list[tuple[str, str]]:
     """The fork bomb's children and the outliving thread's kernel are gone after grading: no
     sandboxed kernel (its command line names /run/connection.json) is left without a grading
     process above it (kernels of another test worker's grading, still running, have one)."""
@@ -337,4 +331,4 @@ def test_no_sandbox_process_outlives_grading(attacked):
             graded_by_someone |= "nbgrader" in _cmdline(ancestor)
         if not graded_by_someone:
             leftovers.append((pid, _cmdline(pid)[:120]))
-    assert not leftovers, leftovers
+    return leftovers

@@ -3,15 +3,16 @@
 Each case is a submission of notebook 01 (the cheapest) placed in ``submitted/`` beside a correct
 one; ``nbgrader autograde`` (through the instructor's command,
 :func:`fv_exercises.autograding.autograde`) grades the batch, and every student's score per grade
-cell is asserted, with the message the learner reads in the feedback.
+cell is asserted, with the message the learner reads in the feedback. The first batch also holds
+the dishonest and hostile submissions of tests/grading_attacks.py, graded before the correct one.
 
 Cost: every submission executes the whole notebook. To keep CI short, the planted submissions
 keep only the cells grading needs (imports, set-up, the learner's functions, the grade cells)
 plus the cells each case plants: a learner may delete exploration cells, and what the exploration
 cells of the real notebook do under grading is covered by ``test_nbgrader_roundtrip.py`` and the
-grading benchmark. Two batches: the hung cell's timeout is set from the slowest cell of the correct
-submission in the first batch (three times it, at least 60 s, so that a busy machine does not time
-out a correct cell), instead of ``nbgrader_config.py``'s 300 s, which would cost five minutes here.
+grading benchmark. Two batches: the hung cell's timeout is set from the slowest kernel cell of the
+correct submission in the first batch (three times it, at least 60 s, so that a busy machine does
+not time out a correct cell), instead of ``nbgrader_config.py``'s 300 s, which would cost five minutes here.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
+import grading_attacks
 from fv_exercises.autograding import (
     autograde, cell_scores, cell_seconds, nbgrader, notebook_path, reference_submission,
     scratch_course, submit)
@@ -124,8 +126,9 @@ warnings.warn("a learner's warning")
 '''
 
 
-def _submissions(reference) -> tuple[dict, dict]:
-    """(first batch, second batch): ``{student: notebook, text or None}``.
+def _submissions(reference, attackers: dict[str, str]) -> tuple[dict, dict]:
+    """(first batch, second batch): ``{student: notebook, text or None}``. ``attackers``:
+    ``{student: find_task_vector cell}`` of tests/grading_attacks.py (in the first batch).
 
     Several cases share a submission where they touch different grade cells (each submission
     costs a kernel, a model load and the checks).
@@ -150,6 +153,8 @@ def _submissions(reference) -> tuple[dict, dict]:
         "leaky": leaky,
         "unreadable": '{"cells": [{"cell_type": "code", "source": "def find_task_vector(',
         "missing": None,
+        **{student: _with(base, find_task_vector=code, mean_task_vector="pass")
+           for student, code in attackers.items()},
     }
     # nbgrader grades students in name order: "reordered" runs in the kernel after the hang.
     second = {"hangs": _with(base, find_task_vector=HANGS), "reordered": reordered}
@@ -170,6 +175,8 @@ EXPECTED = {
     "hangs": ({FIND: ZERO, MEAN: FULL}, ["CellTimeoutError"]),
     "reordered": ({FIND: ZERO, MEAN: FULL}, ["`find_task_vector` is not defined when its grade cell runs"]),
 }
+# The attackers' scores and what their notebooks show are asserted by grading_attacks.failures.
+ATTACKERS = set(grading_attacks.EXPECTED)
 
 # ---------------------------------------------------------------------------------------------
 # The batches
@@ -178,19 +185,27 @@ EXPECTED = {
 
 @pytest.fixture(scope="module")
 def course(tmp_path_factory, model):
-    """Both batches graded; returns ``(root, {student: outcome}, timeout used for the hang)``.
+    """Both batches graded; returns ``(root, {student: outcome}, timeout used for the hang,
+    the attackers' traps after the first batch)``.
 
     ``model`` (the session's embedded model) is requested so that the model cache exists before
     the first kernel starts: a cold conversion inside a graded cell would only cost time.
     """
     root = tmp_path_factory.mktemp("autograder")
     scratch_course(root, [NAME])
-    first, second = _submissions(reference_submission(root, NAME))
+    attackers, traps = grading_attacks.plant(root)
+    first, second = _submissions(reference_submission(root, NAME), attackers)
     for student, nb in first.items():
         submit(root, NAME, student, nb)
-    outcomes = {o.student: o for o in autograde(root, NAME)}
+    grading_attacks.arm(traps)
+    try:
+        outcomes = {o.student: o for o in autograde(root, NAME)}
+    finally:
+        grading_attacks.collect(traps)
     correct = nbformat.read(notebook_path(root, "autograded", "correct", NAME), as_version=4)
-    slowest = max(seconds for _, seconds in cell_seconds(correct))
+    # The limit applies to what runs in the kernel: its cells and each call of a learner's
+    # function from a grade cell (the grade cells themselves run in the judge, untimed by it).
+    slowest = max(seconds for label, seconds in cell_seconds(correct) if label not in (FIND, MEAN))
     timeout = int(max(60, 3 * slowest))
     for student, nb in second.items():
         submit(root, NAME, student, nb)
@@ -198,7 +213,7 @@ def course(tmp_path_factory, model):
     outcomes.update({o.student: o for o in autograde(
         root, NAME, extra=[f"--Execute.timeout={timeout}"]) if o.student in second})
     nbgrader(root, "generate_feedback", NAME, "--force")
-    return root, outcomes, timeout
+    return root, outcomes, timeout, traps
 
 
 def _feedback_text(root: Path, student: str) -> str:
@@ -208,7 +223,7 @@ def _feedback_text(root: Path, student: str) -> str:
 
 
 def _planted_submission_scores(course, student):
-    root, outcomes, _ = course
+    root, outcomes, *_ = course
     expected, _ = EXPECTED[student]
     scores = cell_scores(root, NAME, student)
     assert set(scores) == set(expected), scores
@@ -220,7 +235,7 @@ def _planted_submission_scores(course, student):
 
 
 def _feedback_says_what_went_wrong(course, student):
-    root, _, _ = course
+    root, *_ = course
     text = _feedback_text(root, student)
     for message in EXPECTED[student][1]:
         assert message in text, f"{student}: {message!r} not in the feedback"
@@ -228,8 +243,8 @@ def _feedback_says_what_went_wrong(course, student):
 
 def _batch_reports_every_student(course):
     """The instructor's command grades the whole batch and says what happened to each student."""
-    root, outcomes, timeout = course
-    assert set(outcomes) == set(EXPECTED)
+    root, outcomes, timeout, _ = course
+    assert set(outcomes) == set(EXPECTED) | ATTACKERS
     assert "cannot be read" in outcomes["unreadable"].problem
     assert "no 01_task_vectors.ipynb" in outcomes["missing"].problem
     assert outcomes["hangs"].failed_cells == [f"{FIND} (timed out)"], (timeout, outcomes["hangs"])
@@ -240,7 +255,7 @@ def _batch_reports_every_student(course):
 def _huge_output_is_cut_and_grade_cells_stay_silent(course):
     """Learner noise outside grade cells: nbgrader keeps 1000 lines, the grade cells have no
     stderr (nbgrader would score them zero)."""
-    root, _, _ = course
+    root, *_ = course
     nb = nbformat.read(notebook_path(root, "autograded", "leaky", NAME), as_version=4)
     noisy = [c for c in nb.cells if "learner noise" in c.source]
     assert len(noisy) == 1
@@ -252,9 +267,13 @@ def _huge_output_is_cut_and_grade_cells_stay_silent(course):
 
 
 def test_autograder_batch(course):
-    """Every assertion above on the one graded batch, in one test: a test that shares the batch
-    with others could run on the other xdist worker, which would grade the batch again."""
-    failures = []
+    """Every assertion above, and the attackers' (tests/grading_attacks.py), on the one graded
+    batch, in one test: a test that shares the batch with others could run on the other xdist
+    worker, which would grade the batch again."""
+    root, outcomes, _, traps = course
+    failures = [f"attacks: {f}" for f in grading_attacks.failures(traps, outcomes)]
+    failures += [f"attacks: a sandboxed process outlived grading: {p}"
+                 for p in grading_attacks.leftover_processes()]
     checks = ([(_planted_submission_scores, s) for s in EXPECTED]
               + [(_feedback_says_what_went_wrong, s) for s, (_, msgs) in EXPECTED.items() if msgs]
               + [(_batch_reports_every_student, None), (_huge_output_is_cut_and_grade_cells_stay_silent, None)])

@@ -83,21 +83,6 @@ def test_visible_cases_mix_token_lengths(model):
         assert mixed_lengths(model, ps.prompts), case
 
 
-# The hidden run (what nbgrader scores) calls each case once: its cases must still catch every
-# mistake the visible run catches, among them a padded batch, `zip` over lists of different
-# lengths and h added at `hook_resid_pre` of the same layer.
-@pytest.mark.parametrize("wrong_version", list(FIND_TASK_VECTOR), ids=lambda f: f.__name__)
-def test_hidden_run_catches_find_task_vector_mistake(model, wrong_version):
-    with pytest.raises(CheckFailure):
-        check_find_task_vector(wrong_version, model, hidden=True)
-
-
-@pytest.mark.parametrize("wrong_version", list(MEAN_TASK_VECTOR), ids=lambda f: f.__name__)
-def test_hidden_run_catches_mean_task_vector_mistake(model, wrong_version):
-    with pytest.raises(CheckFailure):
-        check_mean_task_vector(wrong_version, model, hidden=True)
-
-
 def test_hidden_run_names_the_new_mistakes(model):
     """The hidden run alone names a padded batch, `zip` and the last prompt only."""
     from wrong_01 import mtv_batched_padding, mtv_last_prompt_only, mtv_zip_pairs
@@ -105,14 +90,6 @@ def test_hidden_run_names_the_new_mistakes(model):
     for wrong in (mtv_batched_padding, mtv_zip_pairs, mtv_last_prompt_only):
         with pytest.raises(CheckFailure, match=re.escape(MEAN_TASK_VECTOR[wrong])):
             check_mean_task_vector(wrong, model, hidden=True)
-
-
-test_hidden_run_accepts_other_correct_find_task_vector = correct_versions_pass(
-    check_find_task_vector, FIND_TASK_VECTOR_CORRECT, hidden=True)
-
-
-test_hidden_run_accepts_other_correct_mean_task_vector = correct_versions_pass(
-    check_mean_task_vector, MEAN_TASK_VECTOR_CORRECT, hidden=True)
 
 
 def test_hidden_cases_mix_token_lengths_and_list_lengths(model):

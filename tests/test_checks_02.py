@@ -54,30 +54,12 @@ def test_check_recovers_from_leaked_hook(model):
     check_find_task_layer(find_task_layer, model)
 
 
-# The hidden run (what nbgrader scores) must catch every mistake the visible run catches, among
-# them a padded batch and h added at `hook_resid_pre` of the same layer. A mistake that keeps
-# state from an earlier call is run as the grade cell runs it: the visible check first.
-@pytest.mark.parametrize("wrong_version", list(FIND_TASK_LAYER), ids=lambda f: f.__name__)
-def test_hidden_run_catches_mistake(model, wrong_version):
-    from wrong_02 import ftl_global_cache
-
-    if wrong_version is ftl_global_cache:
-        with pytest.raises(CheckFailure):
-            check_find_task_layer(wrong_version, model)
-    with pytest.raises(CheckFailure):
-        check_find_task_layer(wrong_version, model, hidden=True)
-
-
 def test_hidden_run_names_padding_and_resid_pre(model):
     from wrong_02 import ftl_batched_padding, ftl_resid_pre_write
 
     for wrong in (ftl_batched_padding, ftl_resid_pre_write):
         with pytest.raises(CheckFailure, match=re.escape(FIND_TASK_LAYER[wrong])):
             check_find_task_layer(wrong, model, hidden=True)
-
-
-test_hidden_run_accepts_other_correct_versions = correct_versions_pass(
-    check_find_task_layer, FIND_TASK_LAYER_CORRECT, hidden=True)
 
 
 def test_cases_tell_every_known_mistake_apart(model):

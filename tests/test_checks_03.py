@@ -48,30 +48,12 @@ def test_visible_cases_scan_more_heads_than_a_top_10(model):
         assert mixed_lengths(model, case.mixed().corrupted_prompts), case
 
 
-# The hidden run (what nbgrader scores) must catch every mistake the visible run catches, among
-# them a padded batch and one baseline reused for every prompt. A mistake that keeps state from an
-# earlier call is run as the grade cell runs it: the visible check first, then the hidden one.
-@pytest.mark.parametrize("wrong_version", list(FIND_TASK_HEADS), ids=lambda f: f.__name__)
-def test_hidden_run_catches_mistake(model, wrong_version):
-    from wrong_03 import fth_global_cache
-
-    if wrong_version is fth_global_cache:
-        with pytest.raises(CheckFailure):
-            check_find_task_heads(wrong_version, model)
-    with pytest.raises(CheckFailure):
-        check_find_task_heads(wrong_version, model, hidden=True)
-
-
 def test_hidden_run_names_padding_and_one_baseline(model):
     from wrong_03 import fth_batched_padding, fth_one_baseline
 
     for wrong in (fth_batched_padding, fth_one_baseline):
         with pytest.raises(CheckFailure, match=re.escape(FIND_TASK_HEADS[wrong])):
             check_find_task_heads(wrong, model, hidden=True)
-
-
-test_hidden_run_accepts_other_correct_versions = correct_versions_pass(
-    check_find_task_heads, FIND_TASK_HEADS_CORRECT, hidden=True)
 
 
 def test_hidden_case_has_prompts_of_different_lengths(model):

@@ -25,7 +25,7 @@ test_mistake_is_named = mistakes_are_named(check_ablate_function_vector, ABLATE_
 
 
 test_other_correct_versions_pass = correct_versions_pass(
-    check_ablate_function_vector, ABLATE_FUNCTION_VECTOR_CORRECT, hidden=True)
+    check_ablate_function_vector, ABLATE_FUNCTION_VECTOR_CORRECT)
 
 
 def test_check_recovers_from_leaked_hook(model):

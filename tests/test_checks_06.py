@@ -28,7 +28,7 @@ test_mistake_is_named = mistakes_are_named(check_generate_with_function_vector, 
 
 
 test_accepts_other_correct_versions = correct_versions_pass(
-    check_generate_with_function_vector, GENERATE_CORRECT, hidden=True)
+    check_generate_with_function_vector, GENERATE_CORRECT)
 
 
 def test_check_recovers_from_leaked_hook(model):

@@ -23,8 +23,9 @@ def generate_with_function_vector(model, prompt: str, fv: Tensor, layer: int, ma
         max_tokens: at most this many new tokens (an EOS token counts as one).
 
     Returns:
-        The generated text only: the new tokens decoded, without the prompt and without the EOS
-        token that ends generation.
+        The generated text only: ``model.tokenizer.decode(new_tokens)`` as it is (its leading
+        space included, nothing stripped), without the prompt and without the EOS token that
+        ends generation.
     """
     hook_name = f"blocks.{layer}.hook_resid_post"
 
