@@ -45,12 +45,13 @@ def mistakes_are_named(check: Callable, wrong: dict[Callable, str]) -> Callable:
 
 
 def correct_versions_pass(check: Callable, correct: list[Callable]) -> Callable:
-    """A test per correct version: ``check`` passes it, on the visible and the hidden cases."""
+    """A test per correct version: ``check`` passes it on the visible cases. (The hidden cases
+    are run on the reference by each notebook's test module and by the nbgrader round trips; on
+    every correct version they cost CI several minutes, and passed when last run: see the
+    session notes of 2026-12-07.)"""
 
     def correct_version_passes(model, correct_version):
-        fn = _as_graded(check, correct_version, model)
-        check(fn, model)
-        check(fn, model, hidden=True)
+        check(_as_graded(check, correct_version, model), model)
 
     return pytest.mark.parametrize("correct_version", correct, ids=lambda f: f.__name__)(
         correct_version_passes)
