@@ -833,18 +833,24 @@ def _within_course_recipe(recipe: object) -> bool:
             and c.scan_from <= recipe.scan_from <= 1)
 
 
-def rebuild_unsaved(model, requests: Sequence, limit: int = 16) -> int:
+def rebuild_unsaved(model, requests: Sequence, limit: int = 16,
+                    deadline: float | None = None) -> int:
     """Build and keep on disk what a sandboxed kernel built but could not keep (its
     :data:`UNSAVED`), so that the next submission's kernel reads it instead of building it again.
 
     Runs in the grader, with its own model and code: a request only names what to build (a
-    shipped task, a seed, a recipe no costlier than the course's); anything else, and anything
-    past ``limit`` requests, is ignored. Returns how many requests were built (or already kept).
+    shipped task, a seed, a recipe no costlier than the course's); anything else, anything past
+    ``limit`` requests and anything once ``time.monotonic()`` passes ``deadline`` is ignored (so a
+    submission cannot keep the grader busy). Returns how many requests were built (or kept).
     """
+    import time
+
     from fv_exercises.tasks import task_names
 
     done = 0
     for request in list(requests)[:limit]:
+        if deadline is not None and time.monotonic() > deadline:
+            break
         if not (isinstance(request, (tuple, list)) and len(request) == 4):
             continue
         kind, task, seed, recipe = request

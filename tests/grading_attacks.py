@@ -17,7 +17,6 @@ workers never grade it twice.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import socket
 import threading

@@ -108,6 +108,7 @@ def test_what_a_sandboxed_kernel_could_not_keep_the_grader_builds_and_keeps(mode
     ignored = [("function_vector", "no_such_task", 3, tiny), ("function_vector", "antonym", -1, tiny),
                ("function_vector", "antonym", 3, huge), ("os.system", "antonym", 3, tiny), "junk"]
     assert rebuild_unsaved(model, ignored) == 0
+    assert rebuild_unsaved(model, requests, deadline=0.0) == 0  # the grader's time is spent
     assert not (tmp_path / "function_vectors").exists()
     assert rebuild_unsaved(model, requests) == 2
     kept = sorted(p.name.split("-")[0] for p in (tmp_path / "function_vectors").glob("*.pt"))
