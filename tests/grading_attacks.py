@@ -235,7 +235,7 @@ def arm(traps: dict) -> None:
 
 
 #: What grading itself writes in the course folder (not an attacker's doing).
-_GRADING_WRITES = ("autograded", "gradebook.db", ".nbgrader.log", "feedback")
+_GRADING_WRITES = ("autograded", "gradebook.db", ".nbgrader.log")
 
 
 def _fingerprints(root: Path) -> tuple[dict, dict]:
