@@ -37,6 +37,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 from torch import Tensor
 
+from fv_exercises.disk_cache import disk_cached, task_data
 from fv_exercises.evaluation import answer_token_ids, tokenize_right_padded
 from fv_exercises.last_position import (
     LlamaLastPosition,
@@ -646,8 +647,8 @@ def function_vector_details(model, task: str, seed: int = 0,
         tasks = _universe() if recipe.heads == "universal" else [task]
         if task not in tasks:
             tasks = tasks + [task]
-        parts = ("function_vector", task, seed, recipe, _task_data(tasks))
-        raw = _disk_cached(model, parts, lambda: _as_record(_build(model, task, seed, recipe)),
+        parts = ("function_vector", task, seed, recipe, task_data(tasks))
+        raw = disk_cached(model, parts, lambda: _as_record(_build(model, task, seed, recipe)),
                            rebuild=("function_vector", task, seed, recipe))
         per_model[key] = _from_record(raw)
     return per_model[key]
@@ -672,8 +673,8 @@ def task_scan(model, task: str, seed: int = 0,
             return {"mean_z": mean_z, "effects": effects}
 
         parts = ("task_scan", task, seed, recipe.n_prompts, recipe.n_scan, recipe.scan_from,
-                 _task_data([task]))
-        raw = _disk_cached(model, parts, compute, rebuild=("task_scan", task, seed, recipe))
+                 task_data([task]))
+        raw = disk_cached(model, parts, compute, rebuild=("task_scan", task, seed, recipe))
         per_model[key] = TaskScan(task, raw["mean_z"], raw["effects"])
     return per_model[key]
 
@@ -732,137 +733,6 @@ def _build(model, task: str, seed: int, recipe: FunctionVectorRecipe) -> TaskFun
         per_layer[l] = max(per_layer.get(l, 0.0), a)
     return TaskFunctionVector(task, raws[k] * scale, layer, top_heads(effects, k), effects,
                               per_layer, scale, raws[k], k, grid, recipe.heads)
-
-
-# ---- disk cache ------------------------------------------------------------------------------
-
-DISK_CACHE_ENV = "FV_NO_DISK_CACHE"  # set to 1 to neither read nor write the disk cache
-
-
-def _task_data(tasks: Sequence[str]) -> str:
-    """A digest of the pairs of ``tasks`` (the cache is stale when the data changes)."""
-    import hashlib
-
-    from fv_exercises.tasks import load_task
-
-    h = hashlib.sha256()
-    for t in sorted(set(tasks)):
-        task = load_task(t)
-        h.update(repr((task.name, task.pairs)).encode())
-    return h.hexdigest()[:16]
-
-
-def model_fingerprint(model) -> str:
-    """A digest of the model's weights and of what shapes its prompts (tokenizer, BOS).
-
-    Per parameter: name, shape, sum, sum of squares and a strided sample of values; cheap (one
-    pass over the weights) and different for any edit that matters in practice.
-    """
-    import hashlib
-
-    h = hashlib.sha256()
-    hf = getattr(model, "original_model", model)
-    h.update(type(hf).__name__.encode())
-    with torch.no_grad():
-        for name, p in hf.named_parameters():
-            flat = p.detach().flatten().float()
-            stats = torch.stack([flat.sum(), (flat * flat).sum()]).double()
-            sample = flat[:: max(1, flat.numel() // 256)]
-            h.update(f"{name}{tuple(p.shape)}".encode())
-            h.update(stats.numpy().tobytes())
-            h.update(sample.numpy().tobytes())
-    tok = model.tokenizer
-    h.update(f"{len(tok)}|{tok.encode('Q: hot  A: cold', add_special_tokens=False)}".encode())
-    h.update(f"bos={getattr(model.cfg, 'default_prepend_bos', None)}".encode())
-    return h.hexdigest()[:24]
-
-
-def disk_cache_dir() -> "Path":
-    """Where built function vectors are kept: ``cache_root() / "function_vectors"``."""
-    from fv_exercises.model import cache_root
-
-    return cache_root() / "function_vectors"
-
-
-#: What this process built but could not keep, because its cache is read-only (a kernel in the
-#: grading sandbox): ``(kind, task, seed, recipe)``, for :func:`rebuild_unsaved` in the grader.
-UNSAVED: list[tuple[str, str, int, "FunctionVectorRecipe"]] = []
-
-
-def _disk_cached(model, parts: tuple, compute: Callable[[], dict],
-                 rebuild: tuple | None = None) -> dict:
-    """``compute()`` (a dict of tensors and plain values), kept on disk under a key made of the
-    model's fingerprint and ``parts``; written atomically (temporary file, then rename).
-    ``rebuild``: how :func:`rebuild_unsaved` builds the same value, noted when it cannot be kept."""
-    import hashlib
-    import os
-    import tempfile
-
-    if os.environ.get(DISK_CACHE_ENV):
-        return compute()
-    key = hashlib.sha256(repr((model_fingerprint(model), parts)).encode()).hexdigest()[:32]
-    folder = disk_cache_dir()
-    path = folder / f"{parts[0]}-{key}.pt"
-    if path.is_file():
-        try:
-            return torch.load(path, weights_only=True)
-        except Exception:  # unreadable (e.g. another torch version): rebuild it
-            pass
-    value = compute()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=folder)
-        os.close(fd)
-        torch.save(value, tmp)
-        os.replace(tmp, path)
-    except OSError:  # a read-only cache is not an error: the value is still correct
-        if rebuild is not None and rebuild not in UNSAVED:
-            UNSAVED.append(rebuild)
-    return value
-
-
-def _within_course_recipe(recipe: object) -> bool:
-    """A recipe that costs no more than the course's (so a request to rebuild it is bounded)."""
-    c = COURSE_RECIPE
-    return (type(recipe) is FunctionVectorRecipe and recipe.heads in ("task", "universal")
-            and len(recipe.ks) <= len(c.ks) and all(0 < k <= max(c.ks) for k in recipe.ks)
-            and len(recipe.layer_fractions) <= len(c.layer_fractions)
-            and all(0 <= f <= 1 for f in recipe.layer_fractions)
-            and len(recipe.scales) <= len(c.scales) and 0 < recipe.n_prompts <= c.n_prompts
-            and 0 < recipe.n_scan <= c.n_scan and 0 < recipe.n_select <= c.n_select
-            and c.scan_from <= recipe.scan_from <= 1)
-
-
-def rebuild_unsaved(model, requests: Sequence, limit: int = 16,
-                    deadline: float | None = None) -> int:
-    """Build and keep on disk what a sandboxed kernel built but could not keep (its
-    :data:`UNSAVED`), so that the next submission's kernel reads it instead of building it again.
-
-    Runs in the grader, with its own model and code: a request only names what to build (a
-    shipped task, a seed, a recipe no costlier than the course's); anything else, anything past
-    ``limit`` requests and anything once ``time.monotonic()`` passes ``deadline`` is ignored (so a
-    submission cannot keep the grader busy). Returns how many requests were built (or kept).
-    """
-    import time
-
-    from fv_exercises.tasks import task_names
-
-    done = 0
-    for request in list(requests)[:limit]:
-        if deadline is not None and time.monotonic() > deadline:
-            break
-        if not (isinstance(request, (tuple, list)) and len(request) == 4):
-            continue
-        kind, task, seed, recipe = request
-        if (kind not in ("function_vector", "task_scan") or task not in task_names()
-                or type(seed) is not int or not 0 <= seed < 1000 or not _within_course_recipe(recipe)):
-            continue
-        if kind == "function_vector":
-            function_vector_details(model, task, seed, recipe)
-        else:
-            task_scan(model, task, seed, recipe)
-        done += 1
-    return done
 
 
 def _as_record(fv: TaskFunctionVector) -> dict:

@@ -323,7 +323,7 @@ class SecureExecute(Execute):
 
         Without it every sandboxed kernel builds them again (notebooks 04-06 and 09 took twice
         as long to grade). The kernel only names what it built; this process builds it with its
-        own code and model (:func:`fv_exercises.heads.rebuild_unsaved`), so a submission cannot
+        own code and model (:func:`fv_exercises.grader_cache.rebuild_unsaved`), so a submission cannot
         put anything into the cache that other submissions read.
         """
         if time.monotonic() > self._deadline:
@@ -332,7 +332,7 @@ class SecureExecute(Execute):
             outputs = self._run_in_kernel('__import__("fv_exercises.remote").remote.unsaved()')
             reply = _reply(outputs, "unsaved", {})
             if reply.get("result"):
-                from fv_exercises.heads import rebuild_unsaved
+                from fv_exercises.grader_cache import rebuild_unsaved
 
                 with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
                     # at most 5 minutes per submission (the 8 vectors of notebook 04 took ~4)

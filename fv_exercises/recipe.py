@@ -462,7 +462,7 @@ def few_shot_accuracies(model, tasks: Sequence[str] | None = None) -> dict[str, 
     """Few-shot top-1 accuracy of each task on its ``N_TEST`` test prompts (as in
     docs/task_accuracy.md); kept on disk like the function vectors."""
     from fv_exercises.evaluation import top1_accuracy
-    from fv_exercises.heads import _disk_cached, _task_data
+    from fv_exercises.disk_cache import disk_cached, task_data
     from fv_exercises.tasks import ICLDataset, task_names
 
     tasks = list(tasks or task_names())
@@ -474,7 +474,7 @@ def few_shot_accuracies(model, tasks: Sequence[str] | None = None) -> dict[str, 
             out[task] = top1_accuracy(model, test.prompts, test.answers)
         return out
 
-    return _disk_cached(model, ("few_shot", tuple(tasks), N_TEST, TEST_SEED, _task_data(tasks)),
+    return disk_cached(model, ("few_shot", tuple(tasks), N_TEST, TEST_SEED, task_data(tasks)),
                         compute)
 
 

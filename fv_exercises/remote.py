@@ -87,13 +87,13 @@ def answer(namespace: dict, name: str, payload: str) -> None:
 
 def unsaved() -> None:
     """Display what this kernel built but could not keep in its read-only disk cache
-    (:data:`fv_exercises.heads.UNSAVED`), for the grader to build and keep with its own code."""
+    (:data:`fv_exercises.disk_cache.UNSAVED`), for the grader to build and keep with its own code."""
     import sys
 
     from IPython.display import display
 
     from fv_exercises.wire import encode
 
-    heads = sys.modules.get("fv_exercises.heads")  # not imported: nothing was built
-    requests = list(getattr(heads, "UNSAVED", []))[:32]
+    cache = sys.modules.get("fv_exercises.disk_cache")  # not imported: nothing was built
+    requests = list(getattr(cache, "UNSAVED", []))[:32]
     display({MIME: encode({"result": requests})}, raw=True)

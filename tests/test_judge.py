@@ -8,7 +8,7 @@ import pytest
 import torch
 from nbclient.exceptions import DeadKernelError
 
-from fv_exercises import judge, remote, wire
+from fv_exercises import disk_cache, judge, remote, wire
 from fv_exercises.judge import RemoteFunction, grade_cell_names, judge_grade_cell
 from fv_exercises.reference.task_vectors import find_task_vector
 
@@ -88,17 +88,18 @@ def test_what_a_sandboxed_kernel_could_not_keep_the_grader_builds_and_keeps(mode
     """A kernel's read-only cache: the build is noted in UNSAVED; the grader's rebuild_unsaved
     builds it with its own code into its cache, and ignores requests it should not serve."""
     from fv_exercises import heads
-    from fv_exercises.heads import FunctionVectorRecipe, rebuild_unsaved
+    from fv_exercises.grader_cache import rebuild_unsaved
+    from fv_exercises.heads import FunctionVectorRecipe
 
     tiny = FunctionVectorRecipe(ks=(5,), layer_fractions=(0.6,), scales=(2.0,), n_prompts=2,
                                 n_scan=1, n_select=2)
-    monkeypatch.setattr(heads, "UNSAVED", [])
+    monkeypatch.setattr(disk_cache, "UNSAVED", [])
     monkeypatch.setenv("FV_CACHE_DIR", "/dev/null/read-only")  # no folder can be made there
     heads.function_vector_details(model, "antonym", 3, tiny)
-    assert heads.UNSAVED == [("task_scan", "antonym", 3, tiny), ("function_vector", "antonym", 3, tiny)]
+    assert disk_cache.UNSAVED == [("task_scan", "antonym", 3, tiny), ("function_vector", "antonym", 3, tiny)]
     # what crosses the wire from the kernel is what the grader reads
-    requests = wire.decode(wire.encode(heads.UNSAVED))
-    assert requests == heads.UNSAVED
+    requests = wire.decode(wire.encode(disk_cache.UNSAVED))
+    assert requests == disk_cache.UNSAVED
 
     # the grader's process has built neither (its in-memory caches forget this tiny recipe)
     heads._FV_CACHE[model].pop(("antonym", 3, tiny))

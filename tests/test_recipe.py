@@ -10,7 +10,7 @@ from importlib import resources
 import pytest
 import torch
 
-from fv_exercises import heads
+from fv_exercises import disk_cache, heads
 from fv_exercises.evaluation import answer_token_ids, last_position_logits
 from fv_exercises.heads import FunctionVectorRecipe, function_vector_details, function_vector_for_task
 from fv_exercises.recipe import (
@@ -132,10 +132,10 @@ def _same(a, b):
 def test_recipe_runs_on_another_family_and_the_disk_cache_equals_a_fresh_build(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("FV_CACHE_DIR", str(tmp_path))
     _clear_process_caches()
-    monkeypatch.setenv(heads.DISK_CACHE_ENV, "1")
+    monkeypatch.setenv(disk_cache.DISK_CACHE_ENV, "1")
     fresh = function_vector_details(tiny, "antonym", 0, SMALL)
     assert not (tmp_path / "function_vectors").exists()
-    monkeypatch.delenv(heads.DISK_CACHE_ENV)
+    monkeypatch.delenv(disk_cache.DISK_CACHE_ENV)
     _clear_process_caches()
     written = function_vector_details(tiny, "antonym", 0, SMALL)
     files = sorted(p.name for p in (tmp_path / "function_vectors").iterdir())
@@ -163,15 +163,15 @@ def test_function_vector_for_task_keeps_its_signature(tiny, tmp_path, monkeypatc
 
 
 def test_fingerprint_follows_the_weights(tiny):
-    before = heads.model_fingerprint(tiny)
+    before = disk_cache.model_fingerprint(tiny)
     param = next(tiny.original_model.parameters())
     saved = param.detach().clone()
     with torch.no_grad():
         param[0].add_(0.5)
-        changed = heads.model_fingerprint(tiny)
+        changed = disk_cache.model_fingerprint(tiny)
         param.copy_(saved)
     assert changed != before
-    assert heads.model_fingerprint(tiny) == before
+    assert disk_cache.model_fingerprint(tiny) == before
 
 
 # ---- the choice rule ------------------------------------------------------------------------------
