@@ -5,16 +5,18 @@ A kernel in the grading sandbox reads the course's cache but cannot write it
 submission the judge (:mod:`fv_exercises.judge`) asks the kernel for that list and calls
 :func:`rebuild_unsaved`, which builds each named value *with the grader's own code and model*
 and keeps it, so the next kernel reads it. A request only names what to build; anything that is
-not a shipped task, a small seed and a recipe no costlier than the course's is ignored.
+not a shipped task, a small seed and a recipe no costlier than the course's (or, for notebook
+09's few-shot accuracies, a list of shipped tasks) is ignored.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 from fv_exercises.heads import (
     COURSE_RECIPE, FunctionVectorRecipe, function_vector_details, task_scan)
+from fv_exercises.recipe import few_shot_accuracies
 from fv_exercises.tasks import task_names
 
 
@@ -37,7 +39,8 @@ def rebuild_unsaved(model, requests: Sequence, limit: int = 16,
     it again.
 
     Runs in the grader, with its own model and code: a request only names what to build (a
-    shipped task, a seed, a recipe no costlier than the course's); anything else, anything past
+    shipped task, a seed, a recipe no costlier than the course's; or a list of shipped tasks
+    for their few-shot accuracies); anything else, anything past
     ``limit`` requests and anything once ``time.monotonic()`` passes ``deadline`` is ignored (so a
     submission cannot keep the grader busy). Returns how many requests were built (or kept).
     """
@@ -45,15 +48,30 @@ def rebuild_unsaved(model, requests: Sequence, limit: int = 16,
     for request in list(requests)[:limit]:
         if deadline is not None and time.monotonic() > deadline:
             break
-        if not (isinstance(request, (tuple, list)) and len(request) == 4):
-            continue
-        kind, task, seed, recipe = request
-        if (kind not in ("function_vector", "task_scan") or task not in task_names()
-                or type(seed) is not int or not 0 <= seed < 1000 or not _within_course_recipe(recipe)):
-            continue
-        if kind == "function_vector":
-            function_vector_details(model, task, seed, recipe)
-        else:
-            task_scan(model, task, seed, recipe)
-        done += 1
+        build = _builder(request)
+        if build is not None:
+            build(model)
+            done += 1
     return done
+
+
+def _builder(request: object) -> Callable | None:
+    """How to build what ``request`` names (a function of the model), or None if it names
+    anything the grader should not build."""
+    if not isinstance(request, (tuple, list)) or not request:
+        return None
+    kind, *args = request
+    if kind in ("function_vector", "task_scan") and len(args) == 3:
+        task, seed, recipe = args
+        if (task in task_names() and type(seed) is int and 0 <= seed < 1000
+                and _within_course_recipe(recipe)):
+            if kind == "function_vector":
+                return lambda model: function_vector_details(model, task, seed, recipe)
+            return lambda model: task_scan(model, task, seed, recipe)
+    if kind == "few_shot" and len(args) == 1:
+        # notebook 09's few-shot accuracies over the shipped tasks (each task at most once)
+        tasks = args[0]
+        if (isinstance(tasks, (tuple, list)) and tasks and len(set(tasks)) == len(tasks)
+                and all(isinstance(t, str) and t in task_names() for t in tasks)):
+            return lambda model: few_shot_accuracies(model, list(tasks))
+    return None

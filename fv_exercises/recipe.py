@@ -475,7 +475,7 @@ def few_shot_accuracies(model, tasks: Sequence[str] | None = None) -> dict[str, 
         return out
 
     return disk_cached(model, ("few_shot", tuple(tasks), N_TEST, TEST_SEED, task_data(tasks)),
-                        compute)
+                       compute, rebuild=("few_shot", tuple(tasks)))
 
 
 def icl_tasks(model, threshold: float = ICL_THRESHOLD) -> list[str]:

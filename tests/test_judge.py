@@ -114,3 +114,24 @@ def test_what_a_sandboxed_kernel_could_not_keep_the_grader_builds_and_keeps(mode
     assert rebuild_unsaved(model, requests) == 2
     kept = sorted(p.name.split("-")[0] for p in (tmp_path / "function_vectors").glob("*.pt"))
     assert kept == ["function_vector", "task_scan"]
+
+
+def test_notebook_09s_few_shot_accuracies_are_kept_by_the_grader(model, monkeypatch, tmp_path):
+    """Notebook 09's few-shot accuracies are noted when the kernel cannot keep them and rebuilt
+    by the grader (every sandboxed kernel computed them again: 140-180 s per submission on a busy
+    machine); a request with an unknown or repeated task is ignored."""
+    from fv_exercises.grader_cache import rebuild_unsaved
+    from fv_exercises.recipe import few_shot_accuracies
+
+    monkeypatch.setattr(disk_cache, "UNSAVED", [])
+    monkeypatch.setenv("FV_CACHE_DIR", "/dev/null/read-only")
+    in_kernel = few_shot_accuracies(model, ["antonym"])
+    assert disk_cache.UNSAVED == [("few_shot", ("antonym",))]
+    monkeypatch.setenv("FV_CACHE_DIR", str(tmp_path))
+    ignored = [("few_shot", ("antonym", "antonym")), ("few_shot", ("no_such_task",)),
+               ("few_shot", ()), ("few_shot", "antonym")]
+    assert rebuild_unsaved(model, ignored) == 0
+    assert rebuild_unsaved(model, wire.decode(wire.encode(disk_cache.UNSAVED))) == 1
+    kept = [p.name.split("-")[0] for p in (tmp_path / "function_vectors").glob("*.pt")]
+    assert kept == ["few_shot"]
+    assert few_shot_accuracies(model, ["antonym"]) == in_kernel  # read back from the file
