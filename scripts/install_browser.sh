@@ -30,7 +30,7 @@ quiet() {
 echo "Installing what the browser tests need"
 # the pin of pyproject's `browser` extra, alone (pip install -e .[browser] would re-resolve the rest)
 PLAYWRIGHT=$(.venv/bin/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["browser"])')
-quiet "Playwright for Python ($PLAYWRIGHT, pyproject's browser extra)" \
+quiet "Playwright ($PLAYWRIGHT, pyproject's browser extra)" \
     .venv/bin/python -m pip install --quiet $PLAYWRIGHT
 if [ -x "$CHROMIUM" ]; then
     printf '%-64s %s\n' "Chromium ($CHROMIUM) ..." "present"

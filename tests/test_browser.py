@@ -33,7 +33,7 @@ LEARNER_NOTEBOOK = ROOT / "notebooks" / "01_task_vectors" / "01_task_vectors.ipy
 CELL_TIMEOUT_MS = 300_000  # as nbgrader's per-cell limit: a busy CI machine, a cold import
 # The nbgrader menu entries of each edition (the menu shows only the entries whose plugin is on).
 LEARNER_MENU = ["Assignment List"]
-INSTRUCTOR_ONLY_MENU = ["Course List", "Formgrader", "Create Assignment"]
+INSTRUCTOR_ONLY_MENU = ["Course List", "Formgrader", "Create assignment"]  # nbgrader's spelling
 
 
 @pytest.fixture
