@@ -5,6 +5,7 @@
   with its 95% interval; ``--seeds N`` repeats it over N independent train draws.
 - ``convert [--force]``: convert the embedded model into the cache (normally automatic).
 - ``table``: the per-task ICL / zero-shot accuracy table (docs/task_accuracy.md).
+- ``edition [learner|instructor]``: JupyterLab's nbgrader tools (:mod:`fv_exercises.lab_edition`).
 """
 
 from __future__ import annotations
@@ -70,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     table = sub.add_parser("table", help="write the per-task accuracy table")
     table.add_argument("--output", default="docs/task_accuracy.md")
     table.set_defaults(func=_table)
+    from fv_exercises.lab_edition import add_parser as add_edition_parser
+
+    add_edition_parser(sub)
     args = parser.parse_args(argv)
     from fv_exercises.model import ModelLoadError
 

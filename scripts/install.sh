@@ -62,4 +62,6 @@ fi
 # Converting the GGUF weights once into a float32 cache makes every later load take ~1 s.
 step "model cache: GGUF -> float32 (once; then instant)" \
     env OMP_WAIT_POLICY=PASSIVE .venv/bin/python -m fv_exercises convert
+# JupyterLab's nbgrader tools: learner edition on a fresh install (docs/instructors.md, section 1)
+step "JupyterLab: learner edition of nbgrader's tools (if none chosen)" .venv/bin/python -m fv_exercises edition learner --unless-chosen
 echo "installed in $((SECONDS - START)) s; activate with: source .venv/bin/activate"

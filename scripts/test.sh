@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
+bash scripts/install_browser.sh  # Chromium + Playwright for tests/test_browser.py
 export OMP_WAIT_POLICY=PASSIVE  # see fv_exercises/__init__.py
 export PATH="$PWD/.venv/bin:$PATH"  # nbgrader shells out to alembic and jupyter by name
 WORKERS=${FV_TEST_WORKERS:-2}

@@ -15,6 +15,7 @@ import pytest
 # $FV_GRADING_TIMES, or one made for this run (so that another pytest run at the same time, even
 # a --collect-only, neither reads nor deletes this run's times).
 _TIMES_ENV = "FV_GRADING_TIMES"
+_ARTIFACTS_ENV = "FV_ARTIFACTS"
 
 
 def _times() -> Path:
@@ -34,10 +35,20 @@ def pytest_configure(config):
                 old.unlink()
         else:
             os.environ[_TIMES_ENV] = tempfile.mkdtemp(prefix="fv-grading-times-")
+        # the browser tests' screenshots (tests/test_browser.py): $FV_ARTIFACTS or a fresh folder
+        if not os.environ.get(_ARTIFACTS_ENV):
+            os.environ[_ARTIFACTS_ENV] = tempfile.mkdtemp(prefix="fv-artifacts-")
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    if hasattr(config, "workerinput") or not _times().is_dir():
+    if hasattr(config, "workerinput"):
+        return
+    shots = sorted(Path(os.environ.get(_ARTIFACTS_ENV, "/nonexistent")).glob("*.png"))
+    if shots:
+        terminalreporter.section("browser test screenshots")
+        for shot in shots:
+            terminalreporter.write_line(str(shot))
+    if not _times().is_dir():
         return
     rows = sorted(_times().glob("*.json"))
     if not rows:
