@@ -1,26 +1,33 @@
 """nbgrader round trip, nbgrader's own way: generate, submit, autograde, read the gradebook.
 
-For every assignment, two autograde runs in a scratch course:
+For every assignment, one full run and one graded batch:
 
-- ``reference`` (the release notebook with every solution region filled from the source), graded
-  with the grading reduction switched off (the kernel sees ``NBGRADER_EXECUTION=""``), so every
-  cell does its full work, as for a self-study reader. It must score full marks (which proves no
-  grade cell writes to stderr: nbgrader scores such a cell zero), and every finding the prose
-  states must be backed by a ``claim(...)`` that holds on the embedded model: a library upgrade
-  that changes a result fails here instead of leaving the prose wrong.
-- ``bug`` (the reference with one planted, plausible bug in one graded function), graded as an
-  instructor grades, with the reduction on: it loses exactly the points of the cell that tests
-  the broken function and keeps every other point, which proves the reduced exploration cells
-  still give the grade cells what they need. For the first notebook also ``untouched`` (the
-  release as distributed: stubs raise NotImplementedError) scores zero on every graded cell; that
-  every release has stubs and no solution or hidden test is asserted for all of them statically
+- **Self-study run**: the release notebook with every solution region filled from the source,
+  executed top to bottom by nbclient at full size (no ``NBGRADER_EXECUTION``), the way a learner
+  who has solved every exercise runs it: check cells run in the learner's kernel, as they do for
+  a self-study reader. No cell may raise, and every finding the prose states must be backed by a
+  ``claim(...)`` that holds on the embedded model: a library upgrade that changes a result fails
+  here instead of leaving the prose wrong. This is also the notebook-execution test, and it
+  fills the course's disk cache (function vectors, scans) the graded batch then reads.
+- **Graded batch**, as an instructor grades (``nbgrader autograde``: the grading reduction on,
+  each submission in the sandbox, grade cells judged outside the kernel with the hidden tests):
+  ``reference`` (the filled notebook) scores full marks (which proves no grade cell writes to
+  stderr: nbgrader scores such a cell zero); ``bug`` (the reference with one planted, plausible
+  bug in one graded function) loses exactly the points of the cell that tests the broken function
+  and keeps every other point, which proves the reduced exploration cells still give the grade
+  cells what they need. For the first notebook also ``untouched`` (the release as distributed:
+  stubs raise NotImplementedError) scores zero on every graded cell; that every release has
+  stubs and no solution or hidden test is asserted for all of them statically
   (tests/test_course.py).
 
-One full run and one reduced run per notebook: the full run is also the notebook-execution test.
+(Until issue 18 the reference was graded in full by nbgrader, in a run of its own: the same
+assertions, but every grade cell judged twice per notebook and one more grader per notebook. A
+full-size graded run is measured by ``python -m fv_exercises.bench grade --modes full``.)
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -97,10 +104,24 @@ def _text(output) -> str:
     return str(output.get("data", {}).get("text/plain", ""))
 
 
-def _graded(name: str, root: Path) -> tuple[str, Path]:
-    """Autograde the submissions of one assignment in the scratch course ``root``."""
-    from fv_exercises.grading_bench import full_size_kernel
+def _self_study_run(name: str, reference: nbformat.NotebookNode, folder: Path) -> float:
+    """Execute ``reference`` at full size with nbclient in a copy of the release folder, as a
+    learner runs it; write the executed notebook to ``folder / "executed.ipynb"``. Seconds."""
+    from nbclient import NotebookClient
 
+    assert "NBGRADER_EXECUTION" not in os.environ, "the self-study run must run at full size"
+    nb = nbformat.from_dict(reference)
+    start = time.perf_counter()
+    try:
+        NotebookClient(nb, timeout=1800, kernel_name="python3", allow_errors=True,
+                       resources={"metadata": {"path": str(folder)}}).execute()
+    finally:
+        nbformat.write(nb, folder / "executed.ipynb")
+    return time.perf_counter() - start
+
+
+def _graded(name: str, root: Path) -> tuple[str, Path]:
+    """Run the reference as a learner would, then autograde the submissions in ``root``."""
     shutil.copy(ROOT / "nbgrader_config.py", root)
     shutil.copytree(ROOT / "solutions" / name, root / "solutions" / name)
     _nbgrader(root, "generate_assignment", name, "--force")
@@ -110,6 +131,9 @@ def _graded(name: str, root: Path) -> tuple[str, Path]:
         "notebooks/ is stale: run `python -m fv_exercises.course build`")
     source = nbformat.read(root / "solutions" / name / f"{name}.ipynb", as_version=4)
     reference = _fill_solutions(release, source)
+    self_study = root / "self-study"
+    shutil.copytree(root / "notebooks" / name, self_study)
+    full = _self_study_run(name, reference, self_study)
     submissions = {"reference": reference}
     if name in PLANTED_BUGS:
         submissions["bug"] = _plant(reference, *PLANTED_BUGS[name][:3])
@@ -120,18 +144,11 @@ def _graded(name: str, root: Path) -> tuple[str, Path]:
         folder.mkdir(parents=True)
         nbformat.write(nb, folder / f"{name}.ipynb")
     start = time.perf_counter()
-    _nbgrader(root, "autograde", name, "--create", "--force", "--student", "reference",
-              env=full_size_kernel(root / "full-size-kernel"))
-    full = time.perf_counter() - start
-    reduced = [s for s in submissions if s != "reference"]
-    start = time.perf_counter()
-    if reduced:
-        # without --force nbgrader skips the submission it has graded already (the reference)
-        _nbgrader(root, "autograde", name, "--create")
-    with_reduction = time.perf_counter() - start
-    print(f"{name}: reference in full {full:.0f} s; {reduced} with the grading reduction "
-          f"{with_reduction:.0f} s")
-    record_grading_time(name, full, with_reduction / max(len(reduced), 1))
+    _nbgrader(root, "autograde", name, "--create")
+    graded = time.perf_counter() - start
+    print(f"{name}: self-study run in full {full:.0f} s; {list(submissions)} graded in "
+          f"{graded:.0f} s")
+    record_grading_time(name, full, graded / len(submissions))
     return name, root
 
 
@@ -159,7 +176,7 @@ def _reference_scores_full_marks_and_its_claims_hold(graded):
     assert scores, "no graded cells found"
     lost = {cell: s for cell, s in scores.items() if s[0] != s[1]}
     assert not lost, f"reference lost points (error or stderr output in a grade cell?): {lost}"
-    nb = nbformat.read(root / "autograded" / "reference" / name / f"{name}.ipynb", as_version=4)
+    nb = nbformat.read(root / "self-study" / "executed.ipynb", as_version=4)
     text = "\n".join(_text(o) for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     errors = [c.source.splitlines()[0] for c in nb.cells if c.cell_type == "code"
               and any(o.get("output_type") == "error" for o in c.get("outputs", []))]
@@ -167,7 +184,7 @@ def _reference_scores_full_marks_and_its_claims_hold(graded):
     failed = [line for line in text.splitlines() if line.startswith(FAILS)]
     assert not failed, "claims that do not hold on the embedded model:\n" + "\n".join(failed)
     assert HOLDS in text, f"{name} states no checked claim: back its findings with claim(...)"
-    assert SKIPPED not in text, "the full run was graded with the reduction on"
+    assert SKIPPED not in text, "the full run was made with the reduction on"
 
 
 def _untouched_release_scores_zero(graded):
