@@ -38,10 +38,11 @@ def _sections() -> list[tuple[str, Callable[[Context], list[Row]]]]:
 
 
 #: Column widths of the table: those of the whole default job (``fv run``: task antonym, the
-#: embedded model, all sections), fixed so that rows printed section by section, before the
-#: later sections' rows exist, line up exactly as the one table printed at the end used to.
-#: A longer name or interval (another task or model) widens only its own section.
-NAME_WIDTH, INTERVAL_WIDTH = 60, 20
+#: embedded model, all sections; the widest name is notebook 06's steering row, the widest
+#: interval ``[+40%, +70%]``), fixed so that rows printed section by section, before the later
+#: sections' rows exist, line up exactly as in the one table printed at the end before. A longer
+#: name or interval (another model or task) widens only its own section.
+NAME_WIDTH, INTERVAL_WIDTH = 90, 12
 
 Section = tuple[str, Callable[[Context], list[Row]]]
 
