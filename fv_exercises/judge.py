@@ -45,7 +45,7 @@ from nbgrader.preprocessors import Execute
 from traitlets import Bool, Integer
 
 from fv_exercises import remote, wire
-from fv_exercises.checks.core import CheckFailure
+from fv_exercises.checks.core import CheckFailure, RunsElsewhere
 from fv_exercises.sandbox import SandboxedKernelManager, SandboxSpec, check_available
 
 _MAX_MESSAGE = 4000  # characters of a failure message that come from the kernel
@@ -94,7 +94,7 @@ class CallTimedOut(CheckFailure):
     """A learner's function ran past the per-cell time limit (nbgrader's ``Execute.timeout``)."""
 
 
-class RemoteFunction:
+class RemoteFunction(RunsElsewhere):
     """A learner's function that lives in the sandboxed kernel, callable from the judge.
 
     ``run(code) -> outputs`` executes one line in the kernel and returns its Jupyter outputs.

@@ -33,6 +33,7 @@ from fv_exercises.checks.core import (
     guard_model,
     quiet,
     repeat_consistent,
+    RunsElsewhere,
     reset_global_state,
     stale_state_message,
 )
@@ -124,7 +125,13 @@ def call_nnsight_learner(fn: Callable, name: str, nn_model, *args):
     """
     if not callable(fn):
         raise CheckFailure(f"`{name}` is not a function (got {type(fn).__name__}). Did you run its cell?")
-    guard_nnsight(nn_model)
+    elsewhere = isinstance(fn, RunsElsewhere)  # the kernel guards its own model
+    if elsewhere:
+        if getattr(nn_model, "_edits", None):
+            nn_model.clear_edits()
+        reset_global_state()
+    else:
+        guard_nnsight(nn_model)
     try:
         result = fn(nn_model, *args)
     except NotImplementedError:
@@ -145,7 +152,7 @@ def call_nnsight_learner(fn: Callable, name: str, nn_model, *args):
             "apply to every later trace. Intervene inside `with nn_model.trace(...)` instead. "
             "(The edit has been cleared.)")
     pristine = _nn_pristine(nn_model)
-    edited = pristine.changed(hf_module(nn_model))
+    edited = [] if elsewhere else pristine.changed(hf_module(nn_model))
     if edited:
         pristine.restore(hf_module(nn_model))
         raise CheckFailure(
