@@ -6,8 +6,8 @@ code then make their tensors on the model's device (``model_device(model)``), ne
 by assumption. Random vectors are drawn on the CPU with a seeded generator and then moved, so
 they are the same numbers on every device.
 
-``python -m fv_exercises.device`` prints one line about the installed torch (scripts/install.sh
-shows it): version, CPU or CUDA build, and whether a GPU is visible.
+``describe_torch()`` is one line about the installed torch (scripts/install.sh prints it):
+version, CPU or CUDA build, and whether a GPU is visible.
 """
 
 from __future__ import annotations
@@ -93,7 +93,3 @@ def describe_torch() -> str:
     if mps is not None and mps.is_available():
         gpu += "; Apple MPS available (FV_DEVICE=mps)"
     return f"{torch.__version__}, {build}, {gpu}"
-
-
-if __name__ == "__main__":
-    print(describe_torch())

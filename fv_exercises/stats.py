@@ -105,11 +105,12 @@ def paired_difference(a: Tensor | Sequence[float], b: Tensor | Sequence[float],
     g = torch.Generator().manual_seed(seed)
     idx = torch.randint(0, n, (n_boot, n), generator=g, device="cpu")
     means = d[idx].mean(1)
-    lo, hi = torch.quantile(means, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    q = torch.tensor([0.025, 0.975], dtype=torch.float64, device=means.device)
+    lo, hi = torch.quantile(means, q).tolist()
     return Difference(d.mean().item(), lo, hi, n)
 
 
 def mean_and_spread(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for a single value) of repeated measurements."""
-    t = torch.tensor(list(values), dtype=torch.float64)
+    t = torch.tensor(list(values), dtype=torch.float64, device="cpu")
     return t.mean().item(), (t.std().item() if t.numel() > 1 else 0.0)

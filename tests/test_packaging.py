@@ -75,7 +75,7 @@ def test_install_script_no_longer_demands_a_cpu_build():
     """The old check failed on every machine with a GPU; a report line replaced it."""
     text = INSTALL.read_text()
     assert "torch is the CPU build" not in text
-    assert "python -m fv_exercises.device" in text
+    assert "from fv_exercises.device import describe_torch" in text
 
 
 def test_install_script_says_when_no_python_fits(tmp_path):
