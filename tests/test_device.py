@@ -77,7 +77,7 @@ def test_describe_torch_reports_version_build_and_gpu():
     line = describe_torch()
     assert line.startswith(torch.__version__)
     assert ("CPU build" in line) == (torch.version.cuda is None)
-    assert ("GPU visible" in line) == torch.cuda.is_available()
+    assert ("GPU visible:" in line) == torch.cuda.is_available()  # "no GPU visible" otherwise
 
 
 def test_model_is_on_the_requested_device(model):
