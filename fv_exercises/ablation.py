@@ -40,6 +40,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from fv_exercises.device import model_device
 from fv_exercises.evaluation import answer_token_ids, resid_post_name, tokenize_right_padded
 
 DEFAULT_BATCH = 16
@@ -63,14 +64,17 @@ def project_out(resid: Tensor, direction: Tensor) -> Tensor:
     ``resid``: ``[..., d_model]``; ``direction``: ``[d_model]`` or anything broadcasting against
     ``resid`` (e.g. ``[rows, 1, d_model]`` for one direction per row). Normalised here.
     """
-    u = unit(direction.to(resid.dtype))
+    u = unit(direction.to(resid.device, resid.dtype))
     return resid - (resid * u).sum(-1, keepdim=True) * u
 
 
-def random_directions(n: int, d_model: int, seed: int = 0) -> Tensor:
-    """``n`` random unit vectors ``[n, d_model]`` (uniform on the sphere), deterministic in ``seed``."""
+def random_directions(n: int, d_model: int, seed: int = 0,
+                      device: torch.device | str = "cpu") -> Tensor:
+    """``n`` random unit vectors ``[n, d_model]`` (uniform on the sphere), seeded.
+
+    Deterministic in ``seed``: drawn on the CPU (the same numbers on every device), then moved to ``device``."""
     g = torch.Generator().manual_seed(seed)
-    return unit(torch.randn(n, d_model, generator=g))
+    return unit(torch.randn(n, d_model, generator=g, device="cpu")).to(device)
 
 
 def _per_layer(vectors: Tensor, n_layers: int) -> Tensor:
@@ -113,7 +117,7 @@ def first_layers(plans: Tensor) -> Tensor:
     """First ablated layer of each condition ``[C]`` (``n_layers`` when nothing is ablated)."""
     active = plans.abs().amax(-1) > 0  # [C, n_layers]
     n_layers = plans.shape[1]
-    idx = torch.arange(n_layers).expand_as(active)
+    idx = torch.arange(n_layers, device=active.device).expand_as(active)
     return torch.where(active, idx, torch.full_like(idx, n_layers)).amin(-1)
 
 
@@ -226,9 +230,11 @@ def _batch_bridge(model, prompts: list[str], ids: Tensor, units: Tensor, check_t
     projects each row's own direction out of ``resid_post`` at every position."""
     tokens, last = tokenize_right_padded(model, prompts)
     B, C = len(prompts), units.shape[0]
-    clean = model(tokens)[torch.arange(B), last]  # [B, d_vocab]
+    clean = model(tokens)[torch.arange(B, device=last.device), last]  # [B, d_vocab]
     clean_correct, clean_prob = _score(clean, ids)
-    correct, prob = torch.zeros(C, B, dtype=torch.bool), torch.zeros(C, B)
+    device = model_device(model)
+    correct = torch.zeros(C, B, dtype=torch.bool, device=device)
+    prob = torch.zeros(C, B, device=device)
     per_step = max(1, ROWS_PER_STEP // B)  # conditions per forward pass
     for c0 in range(0, C, per_step):
         chunk = units[c0 : c0 + per_step]  # [c, n_layers, d_model]
@@ -239,7 +245,7 @@ def _batch_bridge(model, prompts: list[str], ids: Tensor, units: Tensor, check_t
             if u.abs().amax() > 0:
                 hooks.append((resid_post_name(layer), _rows_hook(u, from_pos)))
         logits = model.run_with_hooks(tokens.repeat(len(chunk), 1), fwd_hooks=hooks)
-        rows = torch.arange(len(chunk) * B)
+        rows = torch.arange(len(chunk) * B, device=last.device)
         c, p = _score(logits[rows, last.repeat(len(chunk))], ids.repeat(len(chunk)))
         correct[c0 : c0 + len(chunk)] = c.view(len(chunk), B)
         prob[c0 : c0 + len(chunk)] = p.view(len(chunk), B)
@@ -257,7 +263,7 @@ def _rows_hook(u: Tensor, from_pos: int):
 
     def hook(resid: Tensor, hook=None) -> Tensor:
         out = resid.clone()
-        out[:, from_pos:] = _remove(resid[:, from_pos:], u[:, None].to(resid.dtype))
+        out[:, from_pos:] = _remove(resid[:, from_pos:], u[:, None].to(resid.device, resid.dtype))
         return out
 
     return hook
@@ -314,7 +320,7 @@ def _batch_llama(model, prompts: list[str], ids: Tensor, units: Tensor, check_to
     n_layers, d = units.shape[1], units.shape[2]
     names = {resid_post_name(l) for l in range(n_layers)}
     logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
-    batch = torch.arange(B)
+    batch = torch.arange(B, device=last.device)
     clean_correct, clean_prob = _score(logits[batch, last], ids)
     post = [cache[resid_post_name(l)] for l in range(n_layers)]  # each [B, S, d_model]
     del logits, cache
@@ -351,8 +357,8 @@ def _batch_llama(model, prompts: list[str], ids: Tensor, units: Tensor, check_to
             raise RuntimeError(
                 "ablation engine disagrees with the bridge's forward (P(answer) off by "
                 f"{worst:.2e}); use engine='bridge' for this model.")
-    correct = torch.zeros(units.shape[0], B, dtype=torch.bool)
-    prob = torch.zeros(units.shape[0], B)
+    correct = torch.zeros(units.shape[0], B, dtype=torch.bool, device=correct_rows.device)
+    prob = torch.zeros(units.shape[0], B, device=correct_rows.device)
     correct[active] = correct_rows[n_control:]
     prob[active] = prob_rows[n_control:]
     idle = [i for i in order if starts[i] >= n_layers]  # plans that remove nothing: clean
@@ -448,7 +454,7 @@ def headline(ctx) -> list:
     fv = function_vector_details(model, ctx.task, ctx.seed).vector
     layer = n_layers // 2  # the notebook's control layer: where the task is used (notebooks 02-03)
     tv = task_vectors_all_layers(model, train.prompts, train.zero_shot_prompts)  # [n_layers, d]
-    randoms = random_directions(N_RANDOM, d_model, seed=ctx.seed)
+    randoms = random_directions(N_RANDOM, d_model, seed=ctx.seed, device=model_device(ctx.model))
     plans = torch.cat([single_layer_plans(fv, n_layers, [layer]),
                        single_layer_plans(tv, n_layers, [layer])]
                       + [single_layer_plans(u, n_layers, [layer]) for u in randoms])

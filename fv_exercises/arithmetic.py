@@ -29,6 +29,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import Tensor
 
+from fv_exercises.device import model_device
 from fv_exercises.evaluation import answer_token_ids, last_position_logits, tokenize_right_padded
 from fv_exercises.tasks import QUERY_TEMPLATE, ICLDataset, Pair, Task, format_prompt, load_task
 
@@ -70,13 +71,13 @@ def head_output_sums(model, prompts: Sequence[str], heads: Sequence[Head],
         for start in range(0, len(prompts), batch_size):
             tokens, last = tokenize_right_padded(model, prompts[start:start + batch_size])
             _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
-            rows = torch.arange(len(last))
-            total = torch.zeros(len(last), W_O.shape[-1], dtype=W_O.dtype)
+            rows = torch.arange(len(last), device=last.device)
+            total = torch.zeros(len(last), W_O.shape[-1], dtype=W_O.dtype, device=W_O.device)
             for l, h in heads:
                 z = cache[f"blocks.{l}.attn.hook_z"][rows, last, h]  # [b, d_head]
                 total += z.to(W_O.dtype) @ W_O[l, h]
             out.append(total)
-    return torch.cat(out) if out else torch.zeros(0, W_O.shape[-1])
+    return torch.cat(out) if out else torch.zeros(0, W_O.shape[-1], device=W_O.device)
 
 
 def prompt_count_curve(model, outputs: Tensor, layer: int, prompts: Sequence[str],
@@ -94,7 +95,8 @@ def prompt_count_curve(model, outputs: Tensor, layer: int, prompts: Sequence[str
     """
     N = outputs.shape[0]
     rng = torch.Generator().manual_seed(seed)
-    jobs = [(n, torch.randperm(N, generator=rng)[:n]) for n in counts if n <= N
+    jobs = [(n, torch.randperm(N, generator=rng, device="cpu")[:n].to(outputs.device))
+            for n in counts if n <= N
             for _ in range(1 if n == N else draws)]
     ids = steered_top1_ids(model, prompts, [{layer: outputs[idx].mean(0)} for _, idx in jobs])
     correct = ids == first_token_ids(model, answers)  # [n_jobs, n_prompts]
@@ -125,7 +127,7 @@ def split_halves(outputs: Tensor, n_splits: int = 20, seed: int = 0) -> Tensor:
     g = torch.Generator().manual_seed(seed)
     out = []
     for _ in range(n_splits):
-        perm = torch.randperm(N, generator=g)
+        perm = torch.randperm(N, generator=g, device="cpu").to(outputs.device)
         a = outputs[perm[:half]].double().mean(0)
         b = outputs[perm[half:2 * half]].double().mean(0)
         out.append(a @ b / (a.norm() * b.norm()))
@@ -138,8 +140,8 @@ def random_cosines(d_model: int, n_pairs: int = 2000, seed: int = 0) -> Tensor:
     Their spread is about ``1 / sqrt(d_model)``: the similarity of two unrelated directions.
     """
     g = torch.Generator().manual_seed(seed)
-    a = torch.randn(n_pairs, d_model, generator=g, dtype=torch.float64)
-    b = torch.randn(n_pairs, d_model, generator=g, dtype=torch.float64)
+    a = torch.randn(n_pairs, d_model, generator=g, dtype=torch.float64, device="cpu")
+    b = torch.randn(n_pairs, d_model, generator=g, dtype=torch.float64, device="cpu")
     return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))
 
 
@@ -177,20 +179,20 @@ def steered_top1_ids(model, prompts: Sequence[str], variants: Sequence[Additions
     groups: dict[int, list[int]] = {}  # first layer a variant adds at -> its indices
     for i, v in enumerate(variants):
         groups.setdefault(min(v) if v else -1, []).append(i)
-    out = torch.zeros(len(variants), len(prompts), dtype=torch.long)
+    out = torch.zeros(len(variants), len(prompts), dtype=torch.long, device=model_device(model))
     with torch.no_grad():
         for start in range(0, len(prompts), batch_size):
             tokens, last = tokenize_right_padded(model, prompts[start:start + batch_size])
             logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n in wanted)
             B, S = tokens.shape
-            batch = torch.arange(B)
+            batch = torch.arange(B, device=last.device)
             plain = logits[batch, last].argmax(-1)  # [B]
             resid_pre = [cache[n] for n in pre]  # each [B, S, d_model]
             post_last = [cache[n][batch, last] for n in pre[1:]] + [cache[final][batch, last]]
             del cache, logits
             cos, sin = fast.cos_sin(S, resid_pre[0])
             cos_p, sin_p = cos[0, last][:, None], sin[0, last][:, None]  # [B, 1, d_head]
-            prefix_mask = torch.arange(S)[None] < last[:, None]  # [B, S]
+            prefix_mask = torch.arange(S, device=last.device)[None] < last[:, None]  # [B, S]
             kv: dict[int, tuple[Tensor, Tensor]] = {}
             cols = slice(start, start + B)
             for first, idx in groups.items():
@@ -214,7 +216,8 @@ def steered_top1_ids(model, prompts: Sequence[str], variants: Sequence[Additions
 def _stacked(variants: Sequence[Additions], layer: int, like: Tensor) -> Tensor:
     """``[1, R, d_model]``: each variant's vector at ``layer`` (zeros where it adds none)."""
     zero = like.new_zeros(like.shape[-1])
-    return torch.stack([v[layer].to(like.dtype) if layer in v else zero for v in variants])[None]
+    return torch.stack([v[layer].to(like.device, like.dtype) if layer in v else zero
+                        for v in variants])[None]
 
 
 def first_token_ids(model, words: Sequence[str]) -> Tensor:

@@ -59,8 +59,8 @@ def model_fingerprint(model) -> str:
             stats = torch.stack([flat.sum(), (flat * flat).sum()]).double()
             sample = flat[:: max(1, flat.numel() // 256)]
             h.update(f"{name}{tuple(p.shape)}".encode())
-            h.update(stats.numpy().tobytes())
-            h.update(sample.numpy().tobytes())
+            h.update(stats.cpu().numpy().tobytes())  # .cpu(): the model may be on a GPU
+            h.update(sample.cpu().numpy().tobytes())
     tok = model.tokenizer
     h.update(f"{len(tok)}|{tok.encode('Q: hot  A: cold', add_special_tokens=False)}".encode())
     h.update(f"bos={getattr(model.cfg, 'default_prepend_bos', None)}".encode())

@@ -13,6 +13,8 @@ from typing import Callable, Mapping, Sequence
 import torch
 from torch import Tensor
 
+from fv_exercises.device import model_device
+
 DEFAULT_BATCH = 16
 
 
@@ -27,15 +29,18 @@ def answer_token_ids(model, answers: Sequence[str]) -> Tensor:
     The leading space matters: after ``"A:"`` the model continues with ``" cold"``, not ``"cold"``.
     """
     ids = [model.tokenizer.encode(" " + a, add_special_tokens=False)[0] for a in answers]
-    return torch.tensor(ids, dtype=torch.long)
+    return torch.tensor(ids, dtype=torch.long, device=model_device(model))
 
 
 def tokenize_right_padded(model, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
-    """Tokens ``[b, seq]`` (right-padded; BOS as ``model.cfg.default_prepend_bos`` says) and each prompt's last index ``[b]``."""
+    """Tokens ``[b, seq]`` (right-padded; BOS as ``model.cfg.default_prepend_bos`` says) and each prompt's last index ``[b]``.
+
+    Both on the model's device."""
+    device = model_device(model)
     rows = [model.to_tokens(p)[0] for p in prompts]
-    last = torch.tensor([len(r) - 1 for r in rows], dtype=torch.long)
+    last = torch.tensor([len(r) - 1 for r in rows], dtype=torch.long, device=device)
     pad = model.tokenizer.pad_token_id or 0
-    tokens = torch.full((len(rows), int(last.max()) + 1), pad, dtype=torch.long)
+    tokens = torch.full((len(rows), int(last.max()) + 1), pad, dtype=torch.long, device=device)
     for i, r in enumerate(rows):
         tokens[i, : len(r)] = r
     return tokens, last
@@ -49,8 +54,8 @@ def add_at_positions_hook(vector: Tensor, positions: Tensor) -> Callable:
 
     def hook(resid: Tensor, hook=None) -> Tensor:
         resid = resid.clone()
-        rows = torch.arange(resid.shape[0])
-        resid[rows, positions] += vector.to(resid.dtype)
+        rows = torch.arange(resid.shape[0], device=resid.device)
+        resid[rows, positions.to(resid.device)] += vector.to(resid.device, resid.dtype)
         return resid
 
     return hook
@@ -77,7 +82,7 @@ def last_position_logits(
                 for layer, vec in (add or {}).items()
             ]
             logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
-            out.append(logits[torch.arange(len(last)), last])
+            out.append(logits[torch.arange(len(last), device=last.device), last])
     return torch.cat(out)
 
 
@@ -115,7 +120,7 @@ def answer_probs(
     """Probability of each answer's first token at the last position: ``[n]``."""
     logits = last_position_logits(model, prompts, add=add)
     probs = logits.softmax(-1)
-    return probs[torch.arange(len(answers)), answer_token_ids(model, answers)]
+    return probs[torch.arange(len(answers), device=probs.device), answer_token_ids(model, answers)]
 
 
 def last_position_resid_post(
@@ -131,7 +136,7 @@ def last_position_resid_post(
             stacked = torch.stack(
                 [cache[resid_post_name(layer)] for layer in range(model.cfg.n_layers)], dim=1
             )  # [b, n_layers, seq, d_model]
-            out.append(stacked[torch.arange(len(last)), :, last])
+            out.append(stacked[torch.arange(len(last), device=last.device), :, last])
     return torch.cat(out)
 
 
@@ -146,7 +151,7 @@ def last_position_states(model, prompts: Sequence[str], layer: int) -> Tensor:
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens, names_filter=lambda n: n == name,
                                         stop_at_layer=layer + 1)
-    return cache[name][torch.arange(len(last)), last]
+    return cache[name][torch.arange(len(last), device=last.device), last]
 
 
 def mean_resid_post(model, prompts: Sequence[str]) -> Tensor:

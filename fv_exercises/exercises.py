@@ -59,13 +59,13 @@ def cosine_matrix(vectors: Tensor) -> Tensor:
 def random_cosines(n: int, d: int, seed: int = 0) -> Tensor:
     """Off-diagonal cosines among ``n`` random Gaussian directions in ``d`` dimensions:
     ``[n * (n - 1)]`` (the baseline for "how similar are two task vectors?")."""
-    g = torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
+    g = torch.randn(n, d, generator=torch.Generator().manual_seed(seed), device="cpu")
     return off_diagonal(cosine_matrix(g))
 
 
 def off_diagonal(matrix: Tensor) -> Tensor:
     """The entries of a square matrix off its diagonal: ``[n * (n - 1)]``."""
-    return matrix[~torch.eye(matrix.shape[0], dtype=torch.bool)]
+    return matrix[~torch.eye(matrix.shape[0], dtype=torch.bool, device=matrix.device)]
 
 
 def _steered_accuracy(model, vector: Tensor, layer: int, prompts: list[str],

@@ -38,6 +38,7 @@ from typing import Callable, Literal, Mapping, Sequence
 import torch
 from torch import Tensor
 
+from fv_exercises.device import model_device
 from fv_exercises.evaluation import answer_token_ids, resid_post_name
 from fv_exercises.stats import Difference, accuracy, paired_difference
 
@@ -63,7 +64,7 @@ def at_last_position(layer: int, vectors: Tensor) -> Intervention:
 
     def hook(resid: Tensor, hook=None) -> Tensor:
         resid = resid.clone()
-        resid[:, -1] += vectors.to(resid.dtype)
+        resid[:, -1] += vectors.to(resid.device, resid.dtype)
         return resid
 
     return lambda start: [(resid_post_name(layer), hook)]
@@ -80,7 +81,7 @@ def from_position(layer: int, vectors: Tensor, first: int) -> Intervention:
     def make(start: int) -> Hooks:
         def hook(resid: Tensor, hook=None) -> Tensor:
             resid = resid.clone()
-            v = vectors.to(resid.dtype)
+            v = vectors.to(resid.device, resid.dtype)
             resid[:, max(0, first - start):] += v[:, None] if v.ndim == 2 else v
             return resid
 
@@ -104,7 +105,7 @@ def at_first_positions(layer: int, vectors: Tensor) -> Intervention:
         def hook(resid: Tensor, hook=None) -> Tensor:
             resid = resid.clone()
             n = min(k - start, resid.shape[1])
-            resid[:, :n] += vectors[..., start:start + n, :].to(resid.dtype)
+            resid[:, :n] += vectors[..., start:start + n, :].to(resid.device, resid.dtype)
             return resid
 
         return [(resid_post_name(layer), hook)]
@@ -142,7 +143,9 @@ class Sampling:
             kth = logits.topk(self.top_k, dim=-1).values[:, -1:]
             logits = logits.masked_fill(logits < kth, float("-inf"))
         probs = logits.softmax(-1)
-        return torch.stack([torch.multinomial(p, 1, generator=g)[0] for p, g in zip(probs, generators)])
+        # drawn on the CPU with the CPU generators: the same tokens on every device
+        return torch.stack([torch.multinomial(p.cpu(), 1, generator=g)[0]
+                            for p, g in zip(probs, generators)]).to(logits.device)
 
 
 def _forward(model, tokens: Tensor, hooks: Hooks, cache=None):
@@ -290,8 +293,10 @@ def generate_conditions(model, prompts: Sequence[str], conditions: Mapping[str, 
 
     def stacked(chosen: set[str]) -> dict[int, Tensor]:
         layers = sorted({l for c in chosen for l in conditions[c]})
-        zero = torch.zeros(shape) if shape is not None else None
-        return {l: torch.stack([conditions[c].get(l, zero) if c in chosen else zero for c in names])
+        device = model_device(model)
+        zero = torch.zeros(shape, device=device) if shape is not None else None
+        return {l: torch.stack([conditions[c].get(l, zero).to(device) if c in chosen else zero
+                                for c in names])
                 .repeat_interleave(n, dim=0).float() for l in layers}
 
     once = set(prompt_last)
@@ -449,7 +454,8 @@ def steering_vector(model, plus: str, minus: str, layer: int) -> Tensor:
 
 def random_vectors_like(vectors: Tensor, seed: int = 0) -> Tensor:
     """Random directions with the norm of each row of ``vectors`` (zero rows stay zero)."""
-    noise = torch.randn(vectors.shape, generator=torch.Generator().manual_seed(seed))
+    noise = torch.randn(vectors.shape, generator=torch.Generator().manual_seed(seed), device="cpu")
+    noise = noise.to(vectors.device)  # drawn on the CPU: the same numbers on every device
     return noise * vectors.norm(dim=-1, keepdim=True) / noise.norm(dim=-1, keepdim=True)
 
 

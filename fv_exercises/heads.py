@@ -37,6 +37,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 from torch import Tensor
 
+from fv_exercises.device import model_device
 from fv_exercises.disk_cache import disk_cached, task_data
 from fv_exercises.evaluation import answer_token_ids, tokenize_right_padded
 from fv_exercises.last_position import (
@@ -116,7 +117,7 @@ def last_position_z(model, prompts: Sequence[str], batch_size: int = DEFAULT_BAT
         for start in range(0, len(prompts), batch_size):
             tokens, last = tokenize_right_padded(model, prompts[start : start + batch_size])
             z = run_until(model, tokens, names)  # each [batch, pos, n_heads, d_head]
-            rows = torch.arange(len(last))
+            rows = torch.arange(len(last), device=last.device)
             # keep each prompt's own last position
             out.append(torch.stack([z[name][rows, last] for name in names], dim=1))
     return torch.cat(out)
@@ -158,7 +159,7 @@ def _patch_head_hook(head: int, pos: int, value: Tensor) -> Callable:
 
     def hook(z: Tensor, hook=None) -> Tensor:
         z = z.clone()  # never edit the activation in place: return a new tensor
-        z[:, pos, head] = value.to(z.dtype)
+        z[:, pos, head] = value.to(z.device, z.dtype)
         return z
 
     return hook
@@ -186,7 +187,7 @@ def head_effects_naive(
     """
     heads = _all_heads(model) if heads is None else [(int(l), int(h)) for l, h in heads]
     answer_ids = answer_token_ids(model, answers)
-    total = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    total = torch.zeros(model.cfg.n_layers, model.cfg.n_heads, device=model_device(model))
     with torch.no_grad():
         n = len(corrupted_prompts)
         for i in _progress(range(n), n, progress, "naive head effects (prompts)"):
@@ -280,7 +281,7 @@ def _head_effects_kv(model, corrupted_prompts: Sequence[str], answers: Sequence[
     """The exact scan on the model's own KV cache: one prefix pass per prompt, then one pass of
     ``1 + len(chunk)`` one-token rows per chunk of heads (row 0 unpatched, row r patches head r)."""
     answer_ids = answer_token_ids(model, answers)
-    total = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    total = torch.zeros(model.cfg.n_layers, model.cfg.n_heads, device=model_device(model))
     chunks = [heads[i:i + batch_heads] for i in range(0, len(heads), batch_heads)]
     with torch.no_grad():
         for i in _progress(range(len(corrupted_prompts)), len(corrupted_prompts), progress,
@@ -292,8 +293,9 @@ def _head_effects_kv(model, corrupted_prompts: Sequence[str], answers: Sequence[
             for chunk in chunks:
                 hooks = []
                 for layer in sorted({l for l, _ in chunk}):
-                    rows = torch.tensor([1 + r for r, (l, _) in enumerate(chunk) if l == layer])
-                    cols = torch.tensor([h for l, h in chunk if l == layer])
+                    rows = torch.tensor([1 + r for r, (l, _) in enumerate(chunk) if l == layer],
+                                        device=mean_z.device)
+                    cols = torch.tensor([h for l, h in chunk if l == layer], device=mean_z.device)
                     hooks.append((z_name(layer), _patch_rows_hook(rows, cols, mean_z[layer, cols])))
                 logits = run_last_position(model, tokens, cache, 1 + len(chunk), hooks)
                 probs = logits.float().softmax(-1)[:, ans]
@@ -308,7 +310,7 @@ def _patch_rows_hook(rows: Tensor, cols: Tensor, values: Tensor) -> Callable:
 
     def hook(z: Tensor, hook=None) -> Tensor:
         z = z.clone()
-        z[rows, -1, cols] = values.to(z.dtype)
+        z[rows, -1, cols] = values.to(z.device, z.dtype)
         return z
 
     return hook
@@ -344,7 +346,7 @@ def _head_effects_llama(model, corrupted_prompts: Sequence[str], answers: Sequen
     final = f"blocks.{n_layers - 1}.hook_resid_post"
     names = pre_names + [z_name(l) for l in range(n_layers)] + [final]  # final runs last
     answer_ids = answer_token_ids(model, answers)
-    total = torch.zeros(n_layers, model.cfg.n_heads)
+    total = torch.zeros(n_layers, model.cfg.n_heads, device=model_device(model))
     n = len(corrupted_prompts)
 
     bar = None
@@ -358,7 +360,7 @@ def _head_effects_llama(model, corrupted_prompts: Sequence[str], answers: Sequen
             tokens, last = tokenize_right_padded(model, batch)
             ans = answer_ids[start : start + len(last)]
             cache = run_until(model, tokens, names)
-            rows = torch.arange(len(last))
+            rows = torch.arange(len(last), device=last.device)
             # the bridge's residual stream, unembedded at the last position only: [B]
             p_corrupted = fast.answer_probs(cache[final][rows, last][:, None], ans)[:, 0]
             prefix = _Prefix(
@@ -407,10 +409,11 @@ def _scan_chunk(
     last = prefix.last
     B = len(last)
     S = prefix.resid_pre[0].shape[1]
-    batch = torch.arange(B)
+    batch = torch.arange(B, device=last.device)
     cos, sin = fast.cos_sin(S, prefix.resid_pre[0])  # [1, S, d_head]
     cos_p, sin_p = cos[0, last][:, None], sin[0, last][:, None]  # [B, 1, d_head]
-    prefix_mask = torch.arange(S)[None] < last[:, None]  # [B, S]: positions before the last
+    # [B, S]: positions before the last
+    prefix_mask = torch.arange(S, device=last.device)[None] < last[:, None]
     first = 0 if with_check else chunk[0][0]
     # [B, R, d_model]: the rows (versions of each prompt's last position) grow layer by layer
     rows = prefix.resid_pre[0].new_zeros(B, 0, prefix.resid_pre[0].shape[-1])
@@ -428,7 +431,8 @@ def _scan_chunk(
         if new:
             # patched at layer l: the unpatched z of all heads, except head h set to its clean mean
             z = prefix.z_last[l][:, None].repeat(1, len(new), 1, 1)  # [B, len(new), H, d_head]
-            z[:, torch.arange(len(new)), new] = mean_z[l, new].to(z.dtype)
+            heads_new = torch.arange(len(new), device=z.device)
+            z[:, heads_new, new] = mean_z[l, new].to(z.device, z.dtype)
             resid = resid_last[:, None].expand(-1, len(new), -1)
             rows = torch.cat([rows, fast.finish_block(l, resid, z)], dim=1)
     probs = fast.answer_probs(rows, answer_ids)  # [B, R]
@@ -459,10 +463,10 @@ def attribution_head_effects(
     """
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     answer_ids = answer_token_ids(model, answers)
-    total = torch.zeros(n_layers, n_heads)
+    total = torch.zeros(n_layers, n_heads, device=model_device(model))
     for start in range(0, len(corrupted_prompts), batch_size):
         tokens, last = tokenize_right_padded(model, corrupted_prompts[start : start + batch_size])
-        rows = torch.arange(len(last))
+        rows = torch.arange(len(last), device=last.device)
         # Parameters are frozen, so nothing in the forward pass requires grad. Add a zero
         # tensor that does to every z: d(P)/d(delta) = d(P)/d(z), through all later layers.
         # (Detaching z itself and making it a leaf would cut the paths through later heads.)
@@ -487,7 +491,7 @@ def attribution_head_effects(
             grads = torch.autograd.grad(probs.sum(), [deltas[l] for l in range(n_layers)])
         for l in range(n_layers):
             g = grads[l][rows, last]  # [b, n_heads, d_head]
-            dz = mean_z[l].to(g.dtype) - z_seen[l][rows, last]
+            dz = mean_z[l].to(g.device, g.dtype) - z_seen[l][rows, last]
             total[l] += (g * dz).sum(-1).sum(0)
         del logits, probs, grads, deltas, z_seen
     return total / len(corrupted_prompts)
@@ -513,7 +517,7 @@ def top_heads(effects: Tensor, k: int) -> list[Head]:
 def function_vector(model, mean_z: Tensor, heads: Sequence[Head]) -> Tensor:
     """Sum of the chosen heads' mean outputs ``mean_z[l, h] @ W_O[l, h]``: ``[d_model]``."""
     W_O = model.W_O  # [n_layers, n_heads, d_head, d_model]
-    fv = torch.zeros(W_O.shape[-1], dtype=W_O.dtype)
+    fv = torch.zeros(W_O.shape[-1], dtype=W_O.dtype, device=W_O.device)
     for l, h in heads:
         fv = fv + mean_z[l, h].to(W_O.dtype) @ W_O[l, h]
     return fv

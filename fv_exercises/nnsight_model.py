@@ -330,7 +330,7 @@ def tl_last_logits_projected(model, prompts: Sequence[str], direction: Tensor, l
             tokens, last = tokenize_right_padded(model, chunk)
             logits = model.run_with_hooks(
                 tokens, fwd_hooks=[(resid_post_name(layer), _projection_hook(direction))])
-            out.append(logits[torch.arange(len(chunk)), last])
+            out.append(logits[torch.arange(len(chunk), device=last.device), last])
     return torch.cat(out)
 
 

@@ -104,7 +104,7 @@ def plot_cosine_map(cosines: Tensor, labels: list[str], split_halves: Mapping[st
         ("between tasks", off_diagonal)]
     g = torch.Generator().manual_seed(0)
     for row, (name, values) in enumerate(groups):
-        jitter = (torch.rand(len(values), generator=g) - 0.5) * 0.3
+        jitter = (torch.rand(len(values), generator=g, device="cpu") - 0.5) * 0.3
         bx.scatter(values.double().numpy(), (row + jitter).numpy(), s=8, alpha=0.5, color=f"C{row}")
     bx.set_yticks(range(len(groups)))
     bx.set_yticklabels([name for name, _ in groups], fontsize=8)

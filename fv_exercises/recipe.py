@@ -35,6 +35,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 from torch import Tensor
 
+from fv_exercises.device import model_device
 from fv_exercises.evaluation import answer_token_ids, tokenize_right_padded, top1_correct
 from fv_exercises.last_position import LlamaLastPosition, llama_style_problems
 
@@ -77,15 +78,17 @@ def steered_scores(model, prompts: Sequence[str], answers: Sequence[str],
         for v in variants:
             logits = last_position_logits(model, prompts, add=dict(v)).float()
             correct.append(logits.argmax(-1) == answer_ids)
-            logprob.append(logits.log_softmax(-1)[torch.arange(len(answers)), answer_ids])
+            rows = torch.arange(len(answers), device=logits.device)
+            logprob.append(logits.log_softmax(-1)[rows, answer_ids])
         return torch.stack(correct), torch.stack(logprob)
     fast = LlamaLastPosition(model)
     n_layers = model.cfg.n_layers
     names = [f"blocks.{l}.hook_resid_pre" for l in range(n_layers)]
     final = f"blocks.{n_layers - 1}.hook_resid_post"
     wanted = set(names) | {final}
-    correct = torch.zeros(len(variants), len(prompts), dtype=torch.bool)
-    logprob = torch.zeros(len(variants), len(prompts))
+    device = model_device(model)
+    correct = torch.zeros(len(variants), len(prompts), dtype=torch.bool, device=device)
+    logprob = torch.zeros(len(variants), len(prompts), device=device)
     plain = [i for i, v in enumerate(variants) if not v]  # nothing added: the bridge's logits
     starts: dict[int, list[int]] = {}  # first layer a variant adds at -> its indices
     for i, v in enumerate(variants):
@@ -96,7 +99,7 @@ def steered_scores(model, prompts: Sequence[str], answers: Sequence[str],
             tokens, last = tokenize_right_padded(model, prompts[start:start + batch_size])
             logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n in wanted)
             B, S = tokens.shape
-            rows_b = torch.arange(B)
+            rows_b = torch.arange(B, device=last.device)
             cols = slice(start, start + B)
             ans = answer_ids[start:start + B]
             if plain:
@@ -110,7 +113,7 @@ def steered_scores(model, prompts: Sequence[str], answers: Sequence[str],
             del cache
             cos, sin = fast.cos_sin(S, resid_pre[0])
             cos_p, sin_p = cos[0, last][:, None], sin[0, last][:, None]
-            prefix_mask = torch.arange(S)[None] < last[:, None]
+            prefix_mask = torch.arange(S, device=last.device)[None] < last[:, None]
             # One batch of rows (versions of each prompt's last position) that grows layer by
             # layer: a variant joins at the first layer it adds at, and from there on every
             # layer runs once for all the rows (one weight read per layer, not per variant).
@@ -134,7 +137,8 @@ def steered_scores(model, prompts: Sequence[str], answers: Sequence[str],
 def _stacked(variants: Sequence[Additions], layer: int, like: Tensor) -> Tensor:
     """``[1, R, d_model]``: each variant's vector at ``layer`` (zeros where it adds none)."""
     zero = like.new_zeros(like.shape[-1])
-    return torch.stack([v[layer].to(like.dtype) if layer in v else zero for v in variants])[None]
+    return torch.stack([v[layer].to(like.device, like.dtype) if layer in v else zero
+                        for v in variants])[None]
 
 
 def _score(logits: Tensor, ans: Tensor) -> tuple[Tensor, Tensor]:
@@ -409,7 +413,7 @@ def cross_fit(data: SearchData, family: Family, repeats: int = 25, seed: int = 0
         return score
 
     for _ in range(repeats):
-        perm = torch.randperm(n, generator=gen)
+        perm = torch.randperm(n, generator=gen, device="cpu")
         for a, b in ((perm[: n // 2], perm[n // 2:]), (perm[n // 2:], perm[: n // 2])):
             chosen = {}
             if family.per_task:

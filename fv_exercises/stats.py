@@ -64,7 +64,7 @@ def wilson(k: int, n: int, z: float = Z95) -> Accuracy:
 
 def accuracy(correct: Tensor | Sequence[bool]) -> Accuracy:
     """:func:`wilson` of per-query outcomes ``[n]`` (booleans or 0/1)."""
-    correct = torch.as_tensor(correct)
+    correct = torch.as_tensor(correct).cpu()
     return wilson(int(correct.sum().item()), int(correct.numel()))
 
 
@@ -94,21 +94,23 @@ def paired_difference(a: Tensor | Sequence[float], b: Tensor | Sequence[float],
     correct with the vector and with a random vector). Resamples *queries* (pairs stay together).
     Deterministic for a given ``seed``.
     """
-    a = torch.as_tensor(a, dtype=torch.float64).flatten()
-    b = torch.as_tensor(b, dtype=torch.float64).flatten()
+    a = torch.as_tensor(a, dtype=torch.float64).flatten().cpu()  # statistics on the CPU,
+    b = torch.as_tensor(b, dtype=torch.float64).flatten().cpu()  # whatever made the numbers
     if a.shape != b.shape:
         raise ValueError(f"paired conditions need the same queries: {tuple(a.shape)} vs {tuple(b.shape)}")
     n = a.numel()
     d = a - b
     if n == 0:
         return Difference(float("nan"), float("nan"), float("nan"), 0)
-    idx = torch.randint(0, n, (n_boot, n), generator=torch.Generator().manual_seed(seed))
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, n, (n_boot, n), generator=g, device="cpu")
     means = d[idx].mean(1)
-    lo, hi = torch.quantile(means, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    q = torch.tensor([0.025, 0.975], dtype=torch.float64, device=means.device)
+    lo, hi = torch.quantile(means, q).tolist()
     return Difference(d.mean().item(), lo, hi, n)
 
 
 def mean_and_spread(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for a single value) of repeated measurements."""
-    t = torch.tensor(list(values), dtype=torch.float64)
+    t = torch.tensor(list(values), dtype=torch.float64, device="cpu")
     return t.mean().item(), (t.std().item() if t.numel() > 1 else 0.0)

@@ -46,6 +46,7 @@ from typing import Callable, Literal, Sequence
 import torch
 from torch import Tensor
 
+from fv_exercises.device import model_device
 from fv_exercises.evaluation import resid_post_name, tokenize_right_padded
 from fv_exercises.last_position import LlamaLastPosition, llama_style_problems
 
@@ -247,10 +248,10 @@ class Intervention:
     def apply(self, resid: Tensor) -> Tensor:
         """``resid`` ``[..., d_model]`` with the intervention applied (a new tensor)."""
         if self.project is not None:
-            u = (self.project / self.project.norm()).to(resid.dtype)
+            u = (self.project / self.project.norm()).to(resid.device, resid.dtype)
             resid = resid - (resid @ u)[..., None] * u
         if self.add is not None:
-            resid = resid + self.add.to(resid.dtype)
+            resid = resid + self.add.to(resid.device, resid.dtype)
         return resid
 
 
@@ -337,10 +338,11 @@ def run_prompts(model, prompts: ChoicePrompts, interventions: Sequence[Intervent
             if s is not None:
                 kept.append(s)
     if not out:
-        return Run(torch.zeros(1 + len(interventions), 0), None)
-    back = torch.empty(len(order), dtype=torch.long)
-    back[torch.tensor(order)] = torch.arange(len(order))
-    p_false = torch.cat(out, dim=1)[:, back]
+        return Run(torch.zeros(1 + len(interventions), 0, device=model_device(model)), None)
+    p_false = torch.cat(out, dim=1)
+    back = torch.empty(len(order), dtype=torch.long, device=p_false.device)
+    back[torch.tensor(order, device=back.device)] = torch.arange(len(order), device=back.device)
+    p_false = p_false[:, back]
     return Run(p_false, torch.cat(kept)[back] if kept else None)
 
 
@@ -348,9 +350,10 @@ def _run_plain(model, prompts: ChoicePrompts, interventions: Sequence[Interventi
                states: bool) -> tuple[Tensor, Tensor | None]:
     """Any architecture: one batched forward pass per intervention, with hooks."""
     tokens, last = tokenize_right_padded(model, prompts.texts)
-    rows = torch.arange(len(last))
-    f, t = torch.tensor(prompts.false_ids), torch.tensor(prompts.true_ids)
-    steer_from = torch.tensor(prompts.steer_from)
+    rows = torch.arange(len(last), device=last.device)
+    f = torch.tensor(prompts.false_ids, device=last.device)
+    t = torch.tensor(prompts.true_ids, device=last.device)
+    steer_from = torch.tensor(prompts.steer_from, device=last.device)
     n_layers = model.cfg.n_layers
     names = {resid_post_name(l) for l in range(n_layers)} if states else set()
     logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
@@ -414,7 +417,7 @@ class _SuffixEngine(LlamaLastPosition):
         s_prefix = torch.einsum("brtgjd,bgsd->brtgjs", q, K)
         s_prefix = s_prefix.masked_fill(~prefix_mask[:, None, None, None, None, :], float("-inf"))
         s_self = torch.einsum("brtgjd,brugd->brtgju", q, k)
-        causal = torch.ones(T, T, dtype=torch.bool).tril()  # [t, u]: u <= t
+        causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()  # [t, u]: u <= t
         s_self = s_self.masked_fill(~causal[None, None, :, None, None, :], float("-inf"))
         scores = torch.cat([s_prefix, s_self], dim=-1) * L.scaling
         pattern = scores.softmax(-1, dtype=torch.float32).to(q.dtype)
@@ -437,7 +440,7 @@ class _SuffixEngine(LlamaLastPosition):
         P = min(_shared_prefix(tokens), int(limit.min()), int(last.min()))
         if P < 4:  # not worth a second call
             logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n in wanted)
-            return logits[torch.arange(B), last], [cache[n] for n in names]
+            return logits[torch.arange(B, device=last.device), last], [cache[n] for n in names]
         saved: dict[str, Tensor] = {}
 
         def save(resid: Tensor, hook=None, name: str = "") -> None:
@@ -450,7 +453,7 @@ class _SuffixEngine(LlamaLastPosition):
         logits, cache = model.run_with_cache(tokens[:, P:], names_filter=lambda n: n in wanted,
                                              past_key_values=kv)
         post = [torch.cat([saved[n].expand(B, -1, -1), cache[n]], dim=1) for n in names]
-        return logits[torch.arange(B), last - P], post
+        return logits[torch.arange(B, device=last.device), last - P], post
 
     def run(self, prompts: ChoicePrompts, interventions: Sequence[Intervention],
             states: bool) -> tuple[Tensor, Tensor | None]:
@@ -458,19 +461,21 @@ class _SuffixEngine(LlamaLastPosition):
         n_layers = len(self.layers)
         tokens, last = tokenize_right_padded(model, prompts.texts)
         B, S = tokens.shape
-        batch = torch.arange(B)
-        f, t = torch.tensor(prompts.false_ids), torch.tensor(prompts.true_ids)
-        steer_from = torch.tensor(prompts.steer_from)
+        batch = torch.arange(B, device=last.device)
+        f = torch.tensor(prompts.false_ids, device=last.device)
+        t = torch.tensor(prompts.true_ids, device=last.device)
+        steer_from = torch.tensor(prompts.steer_from, device=last.device)
         logits_last, post = self.unsteered(tokens, last, steer_from)
         base = _share(logits_last[batch, f], logits_last[batch, t])
         kept = torch.stack([p[batch, last] for p in post], dim=1) if states else None
         if not interventions:
             return base[None], kept
         T = int((last - steer_from).max()) + 1
-        pos = (steer_from[:, None] + torch.arange(T)[None]).clamp(max=S - 1)  # [B, T]
+        steps = torch.arange(T, device=last.device)
+        pos = (steer_from[:, None] + steps[None]).clamp(max=S - 1)  # [B, T]
         cos, sin = self.cos_sin(S, post[0])  # [1, S, D]
         cos_s, sin_s = cos[0][pos], sin[0][pos]  # [B, T, D]
-        prefix_mask = torch.arange(S)[None] < steer_from[:, None]  # [B, S]
+        prefix_mask = torch.arange(S, device=last.device)[None] < steer_from[:, None]  # [B, S]
         order = sorted(range(len(interventions)), key=lambda i: interventions[i].layer)
         rows = post[0].new_zeros(B, 0, T, post[0].shape[-1])
         for l in range(interventions[order[0]].layer, n_layers):
@@ -489,7 +494,7 @@ class _SuffixEngine(LlamaLastPosition):
         if self.unembed_bias is not None:
             lf, lt = lf + self.unembed_bias[f][:, None], lt + self.unembed_bias[t][:, None]
         shares = _share(lf, lt)  # [B, R] in layer order
-        out = torch.empty(1 + len(interventions), B)
+        out = torch.empty(1 + len(interventions), B, device=base.device)
         out[0] = base
         for r, i in enumerate(order):
             out[1 + i] = shares[:, r]
@@ -522,8 +527,9 @@ def shuffled_difference(a: Tensor, b: Tensor, seed: int = 0) -> Tensor:
     if a.shape != b.shape or a.shape[0] < 2:
         raise ValueError(f"shuffled_difference needs 2+ pairs: {tuple(a.shape)} vs {tuple(b.shape)}")
     n = a.shape[0]
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    sign = torch.ones(n, dtype=a.dtype)
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(n, generator=g, device="cpu").to(a.device)
+    sign = torch.ones(n, dtype=a.dtype, device=a.device)
     sign[order[: n // 2]] = -1.0
     if n % 2:
         sign[order[-1]] = 0.0
@@ -531,10 +537,10 @@ def shuffled_difference(a: Tensor, b: Tensor, seed: int = 0) -> Tensor:
     return (sign * (a - b)).sum(0) / (n - n % 2)
 
 
-def random_direction(d_model: int, seed: int) -> Tensor:
-    """A random unit vector ``[d_model]`` (seeded)."""
-    v = torch.randn(d_model, generator=torch.Generator().manual_seed(seed))
-    return v / v.norm()
+def random_direction(d_model: int, seed: int, device: torch.device | str = "cpu") -> Tensor:
+    """A random unit vector ``[d_model]`` (seeded; drawn on the CPU, then moved to ``device``)."""
+    v = torch.randn(d_model, generator=torch.Generator().manual_seed(seed), device="cpu")
+    return (v / v.norm()).to(device)
 
 
 def with_norm(vector: Tensor, norm: float | Tensor) -> Tensor:
@@ -687,7 +693,7 @@ def greedy_reply(model, text: str, steer_from: int, intervention: Intervention |
     """The next ``max_new_tokens`` greedy tokens of ``text``, the intervention applied at every
     position from ``steer_from`` on (generated ones included). No cache: for a few tokens only."""
     tokens = model.to_tokens(text)
-    start = torch.tensor([steer_from])
+    start = torch.tensor([steer_from], device=tokens.device)
     new: list[int] = []
     with torch.no_grad():
         for _ in range(max_new_tokens):
@@ -698,7 +704,7 @@ def greedy_reply(model, text: str, steer_from: int, intervention: Intervention |
             if nxt == model.tokenizer.eos_token_id:
                 break
             new.append(nxt)
-            tokens = torch.cat([tokens, torch.tensor([[nxt]])], dim=1)
+            tokens = torch.cat([tokens, torch.tensor([[nxt]], device=tokens.device)], dim=1)
     return model.tokenizer.decode(new)
 
 

@@ -17,7 +17,9 @@ from fv_exercises.stats import accuracy, paired_difference
 
 def random_like(vector: Tensor, seed: int = 0) -> Tensor:
     """A random direction with the norm of ``vector`` (the control for any added vector)."""
-    noise = torch.randn(vector.shape[-1], generator=torch.Generator().manual_seed(seed))
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(vector.shape[-1], generator=g, device="cpu")
+    noise = noise.to(vector.device)  # drawn on the CPU: the same numbers on every device
     return noise * vector.norm() / noise.norm()
 
 

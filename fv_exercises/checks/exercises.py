@@ -23,6 +23,8 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import Tensor
 
+from fv_exercises.device import model_device
+
 from fv_exercises.checks.core import (
     Case,
     CheckFailure,
@@ -184,7 +186,8 @@ def _batched_argmax(model, prompts: Sequence[str], fv: Tensor, hook_name: str,
     from fv_exercises.evaluation import tokenize_right_padded
 
     tokens, last = tokenize_right_padded(model, prompts)
-    rows = torch.arange(len(prompts))
+    rows = torch.arange(len(prompts), device=last.device)
+    fv = fv.to(last.device)
 
     def hook(resid: Tensor, hook=None) -> Tensor:
         resid = resid.clone()
@@ -210,7 +213,7 @@ def _answer_ids(model, answers: Sequence[str], how: str = "right") -> Tensor:
         ids = [tok.encode(" " + a, add_special_tokens=False)[-1] for a in answers]
     else:
         ids = [tok.encode(" " + a, add_special_tokens=False)[0] for a in answers]
-    return torch.tensor(ids)
+    return torch.tensor(ids, device=model_device(model))
 
 
 def _tfv_variants(model, fv: Tensor, layer: int, prompts: list[str],
@@ -433,7 +436,7 @@ class SharesCase:
         g = torch.Generator().manual_seed(self.seed)
         # orthogonal directions, one per distinct (a, noise), made orthogonal to v
         kinds = sorted(set(zip(self.a, self.noise)))
-        raw = torch.randn(len(kinds), v.shape[0], generator=g)
+        raw = torch.randn(len(kinds), v.shape[0], generator=g, device="cpu").to(v.device, v.dtype)
         raw = raw - (raw @ v)[:, None] * v / (v @ v)
         raw = raw / raw.norm(dim=-1, keepdim=True)
         per_kind = {k: raw[i] for i, k in enumerate(kinds)}

@@ -61,8 +61,9 @@ def _final_logits(model, mean_z: Tensor, prompts: list[str], heads: list[tuple[i
     pos = {"last": -1, "first": 0, "all": slice(None)}[where]
     hooks = []
     for layer in sorted({l for l, _ in heads}):
-        rows = torch.tensor([r for r, (l, _) in enumerate(heads) if l == layer])
-        cols = torch.tensor([h for l, h in heads if l == layer])
+        rows = torch.tensor([r for r, (l, _) in enumerate(heads) if l == layer],
+                            device=mean_z.device)
+        cols = torch.tensor([h for l, h in heads if l == layer], device=mean_z.device)
 
         def patch(z: Tensor, hook=None, layer=layer, rows=rows, cols=cols) -> Tensor:
             z = z.clone()
@@ -83,7 +84,7 @@ def _final_logits(model, mean_z: Tensor, prompts: list[str], heads: list[tuple[i
 
 def _score(logits: Tensor, ids: list[int], metric: str) -> Tensor:
     """Score of each answer from final logits ``[..., n, d_vocab]`` -> ``[..., n]``."""
-    ids_t = torch.tensor(ids)
+    ids_t = torch.tensor(ids, device=logits.device)
     if metric == "prob":
         return logits.softmax(-1).gather(-1, ids_t.expand(logits.shape[:-1])[..., None])[..., 0]
     if metric == "hit":

@@ -132,7 +132,7 @@ def _sweep_variant(model, icl_prompt: str, probes: list[str], answers: list[str]
     batch, last_all = tokens.repeat(n_layers, 1), last.repeat(n_layers)
     hooks = []
     for layer in range(n_layers):
-        rows = torch.arange(layer * n, (layer + 1) * n)
+        rows = torch.arange(layer * n, (layer + 1) * n, device=batch.device)
         h = cache[read(layer)][0, -1]
 
         def hook(resid: Tensor, hook=None, rows=rows, h=h) -> Tensor:
@@ -145,8 +145,10 @@ def _sweep_variant(model, icl_prompt: str, probes: list[str], answers: list[str]
 
         hooks.append((write(layer), hook))
     logits = model.run_with_hooks(batch, fwd_hooks=hooks)
-    ids = answer_token_ids(model, answers) if answer_ids is None else torch.tensor(answer_ids)
-    correct = logits[torch.arange(len(last_all)), last_all].argmax(-1) == ids.repeat(n_layers)
+    ids = (answer_token_ids(model, answers) if answer_ids is None
+           else torch.tensor(answer_ids, device=logits.device))
+    rows_all = torch.arange(len(last_all), device=logits.device)
+    correct = logits[rows_all, last_all].argmax(-1) == ids.repeat(n_layers)
     return correct.view(n_layers, n).float().mean(1).tolist()
 
 

@@ -355,7 +355,7 @@ def _tl_generate_banning(model, prompt: str, vector: Tensor, layer: int, n_token
         last = logits[0, -1].clone()
         last[banned] = -float("inf")
         new.append(int(last.argmax()))
-        step = torch.tensor([[new[-1]]])
+        step = torch.tensor([[new[-1]]], device=logits.device)
     return torch.tensor(new)
 
 

@@ -15,6 +15,8 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor
 
+from fv_exercises.device import model_device
+
 from fv_exercises.checks.core import (
     CheckFailure,
     as_tensor,
@@ -214,8 +216,9 @@ def _case_vector(model, case: SteerCase, prompts: ChoicePrompts, layer: int) -> 
     """A random direction with half the mean norm of the prompts' last-position residual stream."""
     post = _post(layer)
     norm = _states(model, prompts.texts[:2], post).norm(dim=-1).mean()
-    v = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(case.seed))
-    return v * (0.5 * norm / v.norm())
+    g = torch.Generator().manual_seed(case.seed)
+    v = torch.randn(model.cfg.d_model, generator=g, device="cpu")
+    return v.to(norm.device) * (0.5 * norm / v.norm().to(norm.device))
 
 
 def _share(logits_row: Tensor, false_id: int, true_id: int, out: str = "share") -> Tensor:
@@ -259,11 +262,12 @@ def _steered(model, prompts: ChoicePrompts, vector: Tensor, hook_name: str,
 def _steered_padded(model, prompts: ChoicePrompts, vector: Tensor, hook_name: str) -> Tensor:
     """A batched version that steers each row from its own ``steer_from`` but reads ``[:, -1]``."""
     tokens = model.to_tokens(prompts.texts)  # right-padded
-    starts = torch.tensor(prompts.steer_from)
+    starts = torch.tensor(prompts.steer_from, device=tokens.device)
 
     def hook(resid: Tensor, hook=None) -> Tensor:
-        after = torch.arange(resid.shape[1])[None, :, None] >= starts[:, None, None]
-        return resid + after * vector
+        positions = torch.arange(resid.shape[1], device=resid.device)
+        after = positions[None, :, None] >= starts[:, None, None]
+        return resid + after * vector.to(resid.device)
 
     logits = model.run_with_hooks(tokens, fwd_hooks=[(hook_name, hook)])
     return torch.stack([_share(logits[b, -1], f, t) for b, (f, t) in

@@ -24,7 +24,7 @@ def average_function_vector(model, prompts: list[str], heads: list[tuple[int, in
     per_prompt = []
     for prompt in prompts:  # one at a time: prompts differ in length
         _, cache = model.run_with_cache(prompt, names_filter=lambda name: name in names)
-        fv = torch.zeros(model.cfg.d_model)
+        fv = torch.zeros(model.cfg.d_model, device=W_O.device)  # on the model's device
         for layer, head in heads:
             z = cache[f"blocks.{layer}.attn.hook_z"][0, -1, head]  # [d_head], final position
             fv = fv + z @ W_O[layer, head]  # this head's output: [d_model]

@@ -31,7 +31,7 @@ def extract_function_vector(model, task_prompts: list[str], layer: int) -> Tenso
         # stop_at_layer: the blocks after `layer` (and the unembedding) are not needed
         _, cache = model.run_with_cache(tokens, names_filter=lambda name: name == hook_name,
                                         stop_at_layer=layer + 1)
-        return cache[hook_name][torch.arange(len(prompts)), last]
+        return cache[hook_name][torch.arange(len(prompts), device=last.device), last]
 
     with_demos = final_states(task_prompts)  # [n, d_model]
     query_only = final_states([p.rsplit("\n\n", 1)[-1] for p in task_prompts])  # the baseline
@@ -56,7 +56,7 @@ def test_function_vector(model, fv: Tensor, layer: int, test_prompts: list[str],
     """
     hook_name = f"blocks.{layer}.hook_resid_post"
     tokens, last = tokenize_right_padded(model, test_prompts)  # [n, seq], [n]
-    rows = torch.arange(len(test_prompts))
+    rows = torch.arange(len(test_prompts), device=last.device)
 
     def add_fv(resid: Tensor, hook) -> Tensor:
         resid[rows, last] += fv  # each prompt's own last position; fv itself is left alone
@@ -65,7 +65,7 @@ def test_function_vector(model, fv: Tensor, layer: int, test_prompts: list[str],
     logits = model.run_with_hooks(tokens, fwd_hooks=[(hook_name, add_fv)])  # [n, seq, d_vocab]
     predicted = logits[rows, last].argmax(-1)  # [n]
     answer_ids = torch.tensor([model.tokenizer.encode(" " + a, add_special_tokens=False)[0]
-                               for a in expected])
+                               for a in expected], device=predicted.device)
     return (predicted == answer_ids).float().mean().item()
 
 

@@ -45,5 +45,5 @@ def generate_with_function_vector(model, prompt: str, fv: Tensor, layer: int, ma
         if next_token == model.tokenizer.eos_token_id:
             break
         new_tokens.append(next_token)
-        tokens = torch.tensor([[next_token]])  # the next pass computes this position only
+        tokens = torch.tensor([[next_token]], device=tokens.device)  # only this position next
     return model.tokenizer.decode(new_tokens)
