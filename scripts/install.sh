@@ -41,25 +41,8 @@ if [ -z "$PY" ]; then
 fi
 printf '%-64s %s\n' "Python (\$PYTHON, else python3.11/3.12/3.13/python3) ..." "$FOUND"
 
-LOG=$(mktemp)
-trap 'rm -f "$LOG"' EXIT
 START=$SECONDS
-
-# step LABEL COMMAND...: run COMMAND quietly, print "LABEL ... done (N s)" or its output on failure.
-step() {
-    local label=$1 t0=$SECONDS
-    shift
-    printf '%-64s' "$label ..."
-    if "$@" >"$LOG" 2>&1; then
-        printf ' %3d s\n' $((SECONDS - t0))
-    else
-        local rc=$?
-        printf ' FAILED after %d s\n' $((SECONDS - t0))
-        echo "---- output of: $*" >&2
-        cat "$LOG" >&2
-        exit "$rc"
-    fi
-}
+source scripts/steps.sh  # step LABEL COMMAND...
 
 if [ -x .venv/bin/python ]; then
     if ! VENV_PY=$(supported_python .venv/bin/python); then
@@ -74,9 +57,9 @@ fi
 step "pip (latest)" .venv/bin/python -m pip install --quiet --upgrade pip
 # The plan's lines (which build, where from, how big) are printed as it decides; a failure
 # (FV_TORCH=cpu-strict without a CPU build, an unknown FV_TORCH) stops here with its reason.
-.venv/bin/python scripts/torch_plan.py "$FV_TORCH" "$TORCH_PIN" "$LOG.torch"
-mapfile -t TORCH_ARGS <"$LOG.torch"
-rm -f "$LOG.torch"
+.venv/bin/python scripts/torch_plan.py "$FV_TORCH" "$TORCH_PIN" "$STEP_LOG.torch"
+mapfile -t TORCH_ARGS <"$STEP_LOG.torch"
+rm -f "$STEP_LOG.torch"
 if [ "${#TORCH_ARGS[@]}" -gt 0 ]; then
     step "torch: pip install ${TORCH_ARGS[*]: -1}" .venv/bin/python -m pip install --quiet "${TORCH_ARGS[@]}"
 fi

@@ -8,34 +8,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 CHROMIUM=${FV_CHROMIUM:-/usr/bin/chromium}
 START=$SECONDS
-LOG=$(mktemp)
-trap 'rm -f "$LOG"' EXIT
-
-# quiet LABEL COMMAND...: as install.sh's `step`: one line with the time, the output on failure.
-quiet() {
-    local label=$1 t0=$SECONDS
-    shift
-    printf '%-64s' "$label ..."
-    if "$@" >"$LOG" 2>&1; then
-        printf ' %3d s\n' $((SECONDS - t0))
-    else
-        local rc=$?
-        printf ' FAILED after %d s\n' $((SECONDS - t0))
-        echo "---- output of: $*" >&2
-        cat "$LOG" >&2
-        exit "$rc"
-    fi
-}
+source scripts/steps.sh  # step LABEL COMMAND...
 
 echo "Installing what the browser tests need"
 # the pin of pyproject's `browser` extra, alone (pip install -e .[browser] would re-resolve the rest)
 PLAYWRIGHT=$(.venv/bin/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["browser"])')
-quiet "Playwright ($PLAYWRIGHT, pyproject's browser extra)" \
+step "Playwright ($PLAYWRIGHT, pyproject's browser extra)" \
     .venv/bin/python -m pip install --quiet $PLAYWRIGHT
 if [ -x "$CHROMIUM" ]; then
     printf '%-64s %s\n' "Chromium ($CHROMIUM) ..." "present"
 elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    quiet "Chromium (Debian's package; apt-get, about 100 MB)" bash -c \
+    step "Chromium (Debian's package; apt-get, about 100 MB)" bash -c \
         'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium'
 else
     # Not fatal here: the browser tests then fail, with this instruction.
