@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 # Each nbgrader round trip (tests/test_nbgrader_roundtrip.py, possibly on another xdist worker)
-# writes how long one submission took to grade, in full and with the grading reduction; the
+# writes how long its self-study run took (full size) and one submission took to autograde
+# (with the grading reduction); the
 # controller prints them at the end of the run (a measurement, not an assertion). The folder is
 # $FV_GRADING_TIMES, or one made for this run (so that another pytest run at the same time, even
 # a --collect-only, neither reads nor deletes this run's times).
@@ -54,11 +55,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if not rows:
         return
     tr = terminalreporter
-    tr.section("seconds to autograde one submission (nbgrader round trips, this run)")
-    tr.write_line(f"{'assignment':20} {'in full':>8} {'with the reduction':>19}")
+    tr.section("seconds per notebook: self-study run, and one submission autograded (this run)")
+    tr.write_line(f"{'assignment':20} {'self-study':>10} {'autograded':>10}")
     for path in rows:
         t = json.loads(path.read_text())
-        tr.write_line(f"{path.stem:20} {t['full']:8.0f} {t['reduced']:19.0f}")
+        tr.write_line(f"{path.stem:20} {t['full']:10.0f} {t['reduced']:10.0f}")
 
 
 @pytest.fixture(scope="session")

@@ -104,7 +104,7 @@ def _text(output) -> str:
     return str(output.get("data", {}).get("text/plain", ""))
 
 
-def _self_study_run(name: str, reference: nbformat.NotebookNode, folder: Path) -> float:
+def _self_study_run(reference: nbformat.NotebookNode, folder: Path) -> float:
     """Execute ``reference`` at full size with nbclient in a copy of the release folder, as a
     learner runs it; write the executed notebook to ``folder / "executed.ipynb"``. Seconds."""
     from nbclient import NotebookClient
@@ -133,7 +133,7 @@ def _graded(name: str, root: Path) -> tuple[str, Path]:
     reference = _fill_solutions(release, source)
     self_study = root / "self-study"
     shutil.copytree(root / "notebooks" / name, self_study)
-    full = _self_study_run(name, reference, self_study)
+    full = _self_study_run(reference, self_study)
     submissions = {"reference": reference}
     if name in PLANTED_BUGS:
         submissions["bug"] = _plant(reference, *PLANTED_BUGS[name][:3])
